@@ -1,0 +1,3 @@
+from revchat.cli import main
+
+main()

@@ -1,0 +1,116 @@
+"""The app factory: glue only. Resources open in listeners, never at import.
+
+``create_app(settings)`` is what Sanic's AppLoader calls in every worker process, so it takes
+only picklable settings and has no side effects until the server starts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sanic import HTTPResponse, Request, Sanic, json
+from sanic.exceptions import SanicException
+from sanic_ext import Config as ExtConfig
+
+from revchat import auth, ops, pages, socket
+from revchat.broker import BrokerUnavailable, open_broker
+from revchat.config import Settings
+from revchat.engine import Engine, Limits
+from revchat.history import HistoryUnavailable
+from revchat.sessions import Signer
+from revchat.web import STATIC, TEMPLATES, page
+
+log = logging.getLogger("revchat")
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' https: data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = {
+    "content-security-policy": CSP,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+    "x-frame-options": "DENY",
+}
+
+
+def create_app(settings: Settings, name: str = "revchat") -> Sanic:
+    """A configured revchat app; its engine, broker and history open when the server starts."""
+    if not settings.secret_key:
+        raise ValueError("settings.secret_key is empty: call config.ensure_secret_key() first")
+    app = Sanic(name)
+    app.config.update(
+        WEBSOCKET_MAX_SIZE=settings.max_frame_size,
+        WEBSOCKET_PING_INTERVAL=settings.ping_interval or None,
+        WEBSOCKET_PING_TIMEOUT=settings.ping_timeout or None,
+        GRACEFUL_SHUTDOWN_TIMEOUT=3.0,
+        REQUEST_MAX_SIZE=64 * 1024,
+        ACCESS_LOG=False,
+        MOTD=False,
+        FALLBACK_ERROR_FORMAT="text",
+    )
+    app.extend(config=ExtConfig(
+        oas=False, health=False, cors=False, templating_path_to_templates=str(TEMPLATES),
+        templating_enable_async=True,
+    ))
+    app.ctx.settings = settings
+    app.ctx.session_signer = Signer(settings.secret_key, "session")
+    app.static("/static", STATIC, name="static")
+    for blueprint in (pages.bp, auth.bp, socket.bp, ops.bp):
+        app.blueprint(blueprint)
+    setup_facebook(app, settings)
+    setup_lifecycle(app, settings)
+    setup_responses(app)
+    return app
+
+
+def setup_facebook(app: Sanic, settings: Settings) -> None:
+    """Mount Facebook sign-in (and its data-deletion callback) when it is configured."""
+    try:
+        from revchat import facebook
+    except ImportError:  # pragma: no cover - the module ships with revchat
+        return
+    facebook.setup(app, settings)
+
+
+def setup_lifecycle(app: Sanic, settings: Settings) -> None:
+    @app.before_server_start
+    async def open_engine(app: Sanic) -> None:
+        broker = open_broker(settings)
+        await broker.open()
+        engine = Engine(broker, Limits(
+            archive_size=settings.archive_size, resume_limit=settings.resume_limit,
+            queue_size=settings.queue_size, write_delay=settings.write_delay / 1000,
+            rate=settings.rate, burst=settings.burst,
+        ), frame=socket.text_frame)
+        app.ctx.engine = engine
+        app.ctx.metrics = ops.registry_for(engine)
+
+    @app.before_server_stop
+    async def close_sockets(app: Sanic) -> None:
+        app.ctx.engine.close()
+
+    @app.after_server_stop
+    async def close_engine(app: Sanic) -> None:
+        await app.ctx.engine.broker.close()
+
+
+def setup_responses(app: Sanic) -> None:
+    @app.on_response
+    async def security_headers(request: Request, response: HTTPResponse) -> None:
+        for header, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(header, value)
+
+    @app.exception(BrokerUnavailable, HistoryUnavailable)
+    async def unavailable(request: Request, exc: Exception) -> HTTPResponse:
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return json({"error": str(exc)}, status=503)
+
+    @app.exception(SanicException)
+    async def http_error(request: Request, exc: SanicException) -> HTTPResponse:
+        status = getattr(exc, "status_code", 500) or 500
+        message = str(exc) or "error"
+        if "text/html" in request.headers.get("accept", ""):
+            return await page(request, "error.html", status=status, message=message)
+        return json({"error": message}, status=status)

@@ -1,0 +1,218 @@
+"""How events reach every worker: the Broker interface and the in-process backend, picked by URL.
+
+In the manner of encode/broadcaster: ``memory://`` (one process) lives here; ``redis://`` lives in
+:mod:`revchat.redis_broker` and is imported only when asked for. A broker stores each event (through its
+history) before it hands it to its :class:`Listener` — the room engine — and it hands every event
+of a room over in one order, from one task: the seed's ``chatroom()`` loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Sequence
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from revchat.events import Draft, Event, User
+from revchat.config import Settings
+from revchat.history import History, HistoryUnavailable, open_history
+
+log = logging.getLogger("revchat.broker")
+
+
+class BrokerUnavailable(Exception):
+    """Events cannot be published right now (store or broker down); one line says why."""
+
+
+class Listener(Protocol):
+    """What a broker feeds: the room engine."""
+
+    def deliver(self, events: Sequence[Event]) -> None:
+        """Stored events, in the room's one order. Must not block."""
+
+    def relay(self, room: str, user: User) -> None:
+        """A live typing notice (never stored)."""
+
+
+class Broker(ABC):
+    """Publishes events, keeps presence, and feeds the engine every event of its rooms in order."""
+
+    name = "broker"
+    history: History
+    """Where the rooms' events are read back from (archive, resume, scroll-back)."""
+
+    def __init__(self) -> None:
+        self.listener: Listener | None = None
+
+    async def open(self) -> None:
+        """Connect; raise :class:`BrokerUnavailable` if that is impossible."""
+
+    async def close(self) -> None:
+        """Publish what is pending, then stop."""
+
+    @abstractmethod
+    async def publish(self, draft: Draft) -> Event:
+        """Store the draft and deliver it to every worker; return it once stored.
+
+        Raises :class:`BrokerUnavailable` when it cannot be stored (nothing is delivered then).
+        """
+
+    @abstractmethod
+    def typing(self, room: str, user: User) -> None:
+        """Relay a typing notice to every worker's subscribers of ``room`` (best effort)."""
+
+    def subscribe(self, room: str, after: str | None) -> None:
+        """Start delivering ``room``'s events that come after ``after`` (None: from the start)."""
+
+    def unsubscribe(self, room: str) -> None:
+        """Stop delivering ``room``'s events to this worker."""
+
+    @abstractmethod
+    async def connected(self, room: str, user: User) -> bool:
+        """Count one more socket of ``user`` in ``room``; True if it is the user's first anywhere."""
+
+    @abstractmethod
+    async def disconnected(self, room: str, user: User) -> bool:
+        """Count one socket less; True if it was the user's last anywhere."""
+
+    @abstractmethod
+    async def members(self, room: str) -> list[User]:
+        """Users with at least one socket in ``room``, on any worker."""
+
+    def problem(self) -> str | None:
+        """Why the broker cannot be used now, or None when it is healthy (``/healthz``)."""
+        return None
+
+
+class MemoryBroker(Broker):
+    """One process: a single publishing task stores events in batches and delivers them in order.
+
+    Messages that arrive while a batch is being committed wait for the next batch, so durability
+    costs one commit per batch (group commit), not one per message.
+    """
+
+    name = "memory"
+    max_batch = 4096
+
+    def __init__(self, history: History) -> None:
+        super().__init__()
+        self.history = history
+        self._queue: list[tuple[Draft, asyncio.Future[Event]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._presence: dict[str, Counter[str]] = {}
+        self._users: dict[tuple[str, str], User] = {}
+        self._failure: str | None = None
+
+    async def open(self) -> None:
+        try:
+            await self.history.open()
+        except HistoryUnavailable as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+        self._task = asyncio.create_task(self._run(), name="revchat-publisher")
+
+    async def close(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.history.close()
+
+    async def publish(self, draft: Draft) -> Event:
+        if self._closed:
+            raise BrokerUnavailable("the server is shutting down")
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._queue.append((draft, future))
+        self._wakeup.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+                await self._commit(batch)
+            if self._closed:
+                return
+
+    async def _commit(self, batch: list[tuple[Draft, asyncio.Future[Event]]]) -> None:
+        try:
+            events = await self.history.append([draft for draft, _ in batch])
+        except HistoryUnavailable as exc:
+            self._failure = str(exc)
+            log.error("history write failed: %s", exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(BrokerUnavailable(f"history is unavailable: {exc}"))
+            return
+        self._failure = None
+        if self.listener is not None:
+            self.listener.deliver(events)
+        for (_, future), event in zip(batch, events, strict=True):
+            if not future.done():
+                future.set_result(event)
+
+    def typing(self, room: str, user: User) -> None:
+        if self.listener is not None:
+            self.listener.relay(room, user)
+
+    async def connected(self, room: str, user: User) -> bool:
+        counts = self._presence.setdefault(room, Counter())
+        counts[user.id] += 1
+        self._users[(room, user.id)] = user
+        return counts[user.id] == 1
+
+    async def disconnected(self, room: str, user: User) -> bool:
+        counts = self._presence.get(room)
+        if counts is None or counts[user.id] <= 0:
+            return False
+        counts[user.id] -= 1
+        if counts[user.id] > 0:
+            return False
+        del counts[user.id]
+        self._users.pop((room, user.id), None)
+        if not counts:
+            del self._presence[room]
+        return True
+
+    async def members(self, room: str) -> list[User]:
+        return [self._users[(room, uid)] for uid in self._presence.get(room, ())]
+
+    def problem(self) -> str | None:
+        return f"history: {self._failure}" if self._failure else None
+
+
+def open_broker(settings: Settings) -> Broker:
+    """The broker the settings name, with its history; nothing is connected until ``open()``.
+
+    ``memory://`` stores through ``--history``; ``redis://`` (the redis extra) keeps each room's
+    history in its stream.
+    """
+    scheme = urlsplit(settings.broker).scheme
+    if scheme == "memory":
+        history = open_history(
+            settings.history,
+            keep=max(settings.resume_limit, settings.archive_size, 100),
+            retention_count=settings.retention_count,
+            retention_days=settings.retention_days,
+        )
+        return MemoryBroker(history)
+    if scheme in {"redis", "rediss"}:
+        try:
+            from revchat.redis_broker import RedisBroker
+        except ImportError as exc:
+            raise BrokerUnavailable(
+                "--broker redis:// needs the redis extra: pip install 'revchat[redis]'"
+            ) from exc
+        return RedisBroker(settings.broker, prefix=settings.redis_prefix,
+                           maxlen=settings.retention_count)
+    raise ValueError(f"unknown broker URL {settings.broker!r} (expected memory:// or redis://...)")

@@ -1,0 +1,402 @@
+"""Settings, declared once.
+
+Every setting is one :class:`Option`: its name, default, environment variable, help text and
+whether it is a secret. The CLI builds its flags from :data:`OPTIONS`, ``revchat config show``
+lists them, the README table is checked against them by a test, and the app reads the resulting
+:class:`Settings`. A flag beats the environment, which beats the default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import platformdirs
+
+Source = Literal["default", "env", "flag"]
+
+
+class SettingError(ValueError):
+    """A setting has a value revchat cannot use; the message is one line for the terminal."""
+
+
+def _int(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise SettingError(f"{raw!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise SettingError(f"{value} is out of range (must be {bound})")
+        return value
+
+    return parse
+
+
+def _float(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingError(f"{raw!r} is not a number") from None
+    if not value >= 0:
+        raise SettingError(f"{raw!r} must be zero or more")
+    return value
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise SettingError(f"{raw!r} is not true or false")
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        scheme = urlsplit(value).scheme
+        if scheme not in schemes:
+            wanted = " or ".join(f"{s}://" for s in schemes)
+            raise SettingError(f"{value!r} has an unknown scheme (expected {wanted})")
+        return value
+
+    return parse
+
+
+def _public_url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise SettingError(f"{value!r} is not an http:// or https:// URL")
+    if parts.path or parts.query or parts.fragment:
+        raise SettingError(f"{value!r} must be an origin only (no path), e.g. https://chat.example.org")
+    return value
+
+
+def _path(raw: str) -> Path:
+    return Path(raw.strip()).expanduser().absolute()
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise SettingError(f"{raw!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: the single declaration the CLI, ``config show``, the README and the app use."""
+
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[str], Any]
+    metavar: str = "VALUE"
+    secret: bool = False
+    switch: bool = False
+    """A ``--name/--no-name`` pair instead of a flag taking a value."""
+    extra_env: tuple[str, ...] = ()
+    """Other environment variables honoured after ``REVCHAT_<NAME>`` (the seed's ``FB_*``)."""
+
+    @property
+    def env(self) -> str:
+        return "REVCHAT_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def envs(self) -> tuple[str, ...]:
+        return (self.env, *self.extra_env)
+
+
+DERIVED = None
+"""A default of ``None`` is worked out from other settings (see :func:`load`)."""
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "127.0.0.1", "Address to listen on.", _text, "HOST"),
+    Option("port", 9000, "Port to listen on.", _int(1, 65535), "PORT"),
+    Option("workers", 1, "Worker processes; more than 1 needs --broker redis://...", _int(1, 64), "N"),
+    Option(
+        "public_url", DERIVED, "The origin browsers use, e.g. https://chat.example.org "
+        "[default: http://HOST:PORT].", _public_url, "URL",
+    ),
+    Option(
+        "data_dir", DERIVED, "Where the secret key and the SQLite history live "
+        "[default: the platform's user data dir].", _path, "DIR",
+    ),
+    Option(
+        "history", DERIVED, "History store: sqlite:///PATH or memory:// "
+        "[default: sqlite:///DATA_DIR/revchat.db].", _url("sqlite", "memory"), "URL",
+    ),
+    Option("broker", "memory://", "Broker: memory:// (one process) or redis://HOST:PORT/DB.",
+           _url("memory", "redis", "rediss"), "URL"),
+    Option("archive_size", 50, "Events a joiner receives as the room's recent history.",
+           _int(0, 10000), "N"),
+    Option("resume_limit", 1000, "Most missed events replayed by ?since= before falling back "
+           "to the plain archive.", _int(0, 100000), "N"),
+    Option("retention_count", 0, "Events kept per room (0 keeps all).", _int(0), "N"),
+    Option("retention_days", 0.0, "Days an event is kept (0 keeps it forever).", _float, "DAYS"),
+    Option("secret_key", DERIVED, "Key that signs sessions; shared by servers that share a broker "
+           "[default: generated once, kept in DATA_DIR/secret_key].", _text, "KEY", secret=True),
+    Option("fb_client_id", "", "Facebook app id (also read from FB_CLIENT_ID).", _text, "ID",
+           extra_env=("FB_CLIENT_ID",)),
+    Option("fb_client_secret", "", "Facebook app secret (also read from FB_CLIENT_SECRET).",
+           _text, "SECRET", secret=True, extra_env=("FB_CLIENT_SECRET",)),
+    Option("fb_graph_version", "v26.0", "Facebook Graph API version.", _text, "VERSION"),
+    Option("fb_dialog_url", "https://www.facebook.com", "Base URL of Facebook's login dialog.",
+           _url("http", "https"), "URL"),
+    Option("fb_api_url", "https://graph.facebook.com", "Base URL of the Graph API (token and /me).",
+           _url("http", "https"), "URL"),
+    Option("guests", DERIVED, "Allow nickname sign-in [default: on unless Facebook is configured].",
+           _bool, switch=True),
+    Option("redis_prefix", "revchat", "Prefix of every Redis key, so deployments can share one Redis.",
+           _text, "PREFIX"),
+    Option("log_level", "info", "Log level: debug, info, warning or error.",
+           _choice("debug", "info", "warning", "error"), "LEVEL"),
+    Option("max_message_length", 2000, "Longest message, in characters.", _int(1, 100000), "N"),
+    Option("max_frame_size", 65536, "Largest WebSocket frame a client may send, in bytes "
+           "(bigger closes with 1009).", _int(1024, 16 * 1024 * 1024), "BYTES"),
+    Option("rate", 2.0, "Messages per second a user may say in a room (0 turns limiting off).",
+           _float, "PER_SECOND"),
+    Option("burst", 10, "Messages a user may say at once before the rate applies.", _int(1), "N"),
+    Option("queue_size", 1024 * 1024, "Bytes that may wait to be sent to one client before it is "
+           "closed with 1013 (slow consumer).", _int(4096), "BYTES"),
+    Option("write_delay", 1.0, "Milliseconds the server waits to send a client its pending frames "
+           "in one write (0 sends at once).", _float, "MS"),
+    Option("ping_interval", 20.0, "Seconds between pings (0 turns pings off).", _float, "SECONDS"),
+    Option("ping_timeout", 20.0, "Seconds a peer has to answer a ping.", _float, "SECONDS"),
+    Option("max_connections", 100000, "Open sockets one worker accepts.", _int(1), "N"),
+)
+
+OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings: plain, picklable values (Sanic's worker processes receive them)."""
+
+    host: str = "127.0.0.1"
+    port: int = 9000
+    workers: int = 1
+    public_url: str = "http://127.0.0.1:9000"
+    data_dir: Path = Path(".")
+    history: str = "memory://"
+    broker: str = "memory://"
+    archive_size: int = 50
+    resume_limit: int = 1000
+    retention_count: int = 0
+    retention_days: float = 0.0
+    secret_key: str = ""
+    fb_client_id: str = ""
+    fb_client_secret: str = ""
+    fb_graph_version: str = "v26.0"
+    fb_dialog_url: str = "https://www.facebook.com"
+    fb_api_url: str = "https://graph.facebook.com"
+    guests: bool = True
+    redis_prefix: str = "revchat"
+    log_level: str = "info"
+    max_message_length: int = 2000
+    max_frame_size: int = 65536
+    rate: float = 2.0
+    burst: int = 10
+    queue_size: int = 1024 * 1024
+    write_delay: float = 1.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    max_connections: int = 100000
+
+    @property
+    def facebook(self) -> bool:
+        """True when Facebook sign-in is configured (both id and secret)."""
+        return bool(self.fb_client_id and self.fb_client_secret)
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.public_url.startswith("https://")
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        """Origins accepted on POSTs and the socket: the public URL's, plus its loopback aliases."""
+        parts = urlsplit(self.public_url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if not _is_loopback(parts.hostname or ""):
+            return frozenset({origin})
+        port = f":{parts.port}" if parts.port else ""
+        return frozenset(
+            {origin} | {f"{parts.scheme}://{h}{port}" for h in ("localhost", "127.0.0.1", "[::1]")}
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Settings together with where each value came from (for ``config show``)."""
+
+    settings: Settings
+    sources: Mapping[str, Source]
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("revchat", appauthor=False))
+
+
+def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Loaded:
+    """Resolve every option: flag (already parsed or raw text), then environment, then default.
+
+    Raises :class:`SettingError` naming the flag or variable at fault.
+    """
+    flags = flags or {}
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
+    for option in OPTIONS:
+        raw = flags.get(option.name)
+        if raw is not None:
+            sources[option.name] = "flag"
+            values[option.name] = _parse(option, raw, option.flag)
+            continue
+        for var in option.envs:
+            if environ.get(var, "") != "":
+                sources[option.name] = "env"
+                values[option.name] = _parse(option, environ[var], var)
+                break
+        else:
+            sources[option.name] = "default"
+            values[option.name] = option.default
+    _derive(values)
+    known = {f.name for f in fields(Settings)}
+    return Loaded(Settings(**{k: v for k, v in values.items() if k in known}), sources)
+
+
+def _parse(option: Option, raw: Any, where: str) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return option.parse(raw)
+    except SettingError as exc:
+        raise SettingError(f"{where}: {exc}") from None
+
+
+def _derive(values: dict[str, Any]) -> None:
+    if values["data_dir"] is None:
+        values["data_dir"] = default_data_dir()
+    if values["history"] is None:
+        values["history"] = f"sqlite:///{values['data_dir'] / 'revchat.db'}"
+    if values["public_url"] is None:
+        host = values["host"]
+        if host in {"0.0.0.0", "::", ""}:
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        values["public_url"] = f"http://{host}:{values['port']}"
+    if values["guests"] is None:
+        values["guests"] = not (values["fb_client_id"] and values["fb_client_secret"])
+    if values["secret_key"] is None:
+        values["secret_key"] = ""
+
+
+SECRET_KEY_FILE = "secret_key"
+
+
+def ensure_secret_key(settings: Settings) -> Settings:
+    """Return settings with a secret key: the configured one, or one kept in the data dir (0600).
+
+    The key is generated on first use and reused afterwards, so sessions survive a restart.
+    Raises :class:`SettingError` when the data dir cannot hold it.
+    """
+    if settings.secret_key:
+        return settings
+    path = settings.data_dir / SECRET_KEY_FILE
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            key = path.read_text().strip()
+        else:
+            key = secrets.token_urlsafe(48)
+            with os.fdopen(fd, "w") as f:
+                f.write(key + "\n")
+        if not key:
+            raise SettingError(f"the secret key file {path} is empty; delete it to make a new one")
+    except OSError as exc:
+        raise SettingError(f"cannot keep the secret key in {settings.data_dir}: {exc.strerror}") from None
+    return replace(settings, secret_key=key)
+
+
+def problems(settings: Settings) -> list[str]:
+    """Everything wrong with a configuration, one line each (``config check`` and ``serve``)."""
+    found: list[str] = []
+    if settings.workers > 1 and settings.broker.startswith("memory:"):
+        found.append(
+            f"--workers {settings.workers} needs a shared broker: add --broker redis://HOST:PORT/DB "
+            "(memory:// keeps rooms inside one process)"
+        )
+    if bool(settings.fb_client_id) != bool(settings.fb_client_secret):
+        missing = "FB_CLIENT_SECRET" if settings.fb_client_id else "FB_CLIENT_ID"
+        found.append(f"Facebook sign-in is half configured: {missing} is missing")
+    parts = urlsplit(settings.public_url)
+    if settings.facebook and parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+        found.append(
+            f"Facebook refuses the redirect URI {settings.public_url}/auth/facebook/callback: "
+            "use an https:// --public-url (plain http is allowed only on localhost)"
+        )
+    if not settings.facebook and not settings.guests:
+        found.append("nobody can sign in: guests are off and Facebook is not configured")
+    if settings.broker.startswith(("redis:", "rediss:")):
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            found.append(
+                "--broker redis:// needs the redis extra: pip install 'revchat[redis]'"
+            )
+    found.extend(_data_dir_problems(settings))
+    return found
+
+
+def _data_dir_problems(settings: Settings) -> list[str]:
+    needs_dir = not settings.secret_key or settings.history.startswith("sqlite:")
+    if not needs_dir:
+        return []
+    directory = settings.data_dir
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        return [f"the data dir {directory} is not writable"]
+    return []
+
+
+def shown(option: Option, value: Any) -> str:
+    """A setting's value as ``config show`` prints it: secrets masked."""
+    if option.secret:
+        return "********" if value else "(not set)"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)

@@ -1,0 +1,383 @@
+"""The room engine: the heart of revchat, a plain asyncio object that knows no Sanic.
+
+It keeps the seed's design: every event of a room passes through one place (the broker's
+delivery, :meth:`Engine.deliver`), so every subscriber sees one order. A :class:`Subscription`
+is what the seed called it: the archive first, then live events.
+
+Fan-out is built for speed and safety:
+
+* each event is encoded once — to its JSON text and then to its wire frame — for all subscribers;
+* the frames pending for a room are written to each subscriber in one ``write`` per flush,
+  ``write_delay`` after the first of them (Centrifugo's ``write_delay``);
+* the engine never awaits a socket: a subscriber whose unsent bytes exceed ``queue_size`` is
+  closed with 1013 "slow consumer" and nobody else waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from revchat.broker import Broker, BrokerUnavailable
+from revchat.events import Draft, Event, User, id_key, typing_frame, welcome_frame
+from revchat.protocol import RateLimiter
+
+log = logging.getLogger("revchat.engine")
+
+SLOW_CONSUMER = (1013, "slow consumer")
+GOING_AWAY = (1001, "server shutting down")
+
+
+class Sink(Protocol):
+    """Where a subscriber's bytes go: in production a WebSocket's transport."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+class RateLimited(Exception):
+    """The user is over the room's message rate; the message was not published."""
+
+
+class Closing(Exception):
+    """The engine is shutting down and takes no new subscribers."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The engine's settings (SPEC §4): see :mod:`revchat.config` for each one's meaning."""
+
+    archive_size: int = 50
+    resume_limit: int = 1000
+    queue_size: int = 1024 * 1024
+    write_delay: float = 0.001
+    """Seconds; 0 flushes on the next loop iteration."""
+    rate: float = 2.0
+    burst: int = 10
+
+
+@dataclass
+class Stats:
+    """Counters read by ``/metrics``; plain integers so the hot path stays cheap."""
+
+    events: int = 0
+    deliveries: int = 0
+    writes: int = 0
+    slow_consumers: int = 0
+    rate_limited: int = 0
+    subscriptions: int = 0
+
+
+class Subscription:
+    """One socket in one room: it has received the archive and now receives live events."""
+
+    __slots__ = ("closed", "room", "sink", "user", "write")
+
+    def __init__(self, room: Room, user: User, sink: Sink) -> None:
+        self.room = room
+        self.user = user
+        self.sink = sink
+        self.write = sink.write
+        self.closed = False
+
+
+@dataclass(eq=False)
+class Room:
+    """A room as this worker holds it while it has subscribers."""
+
+    name: str
+    subs: set[Subscription] = field(default_factory=set)
+    members: dict[str, User] = field(default_factory=dict)
+    recent: list[Event] = field(default_factory=list)
+    pending: list[bytes] = field(default_factory=list)
+    flush: asyncio.Handle | None = None
+    last: tuple[int, ...] = ()
+    """Key of the newest event this worker has delivered (or loaded) for the room."""
+    refs: int = 0
+    resuming: int = 0
+    loading: list[Event] | None = None
+    ready: asyncio.Future[None] | None = None
+
+    def apply(self, event: Event) -> None:
+        """Keep the member list in step with the room's join and leave events."""
+        if event.type == "join":
+            self.members[event.user.id] = event.user
+        elif event.type == "leave":
+            self.members.pop(event.user.id, None)
+
+
+def text_frame(text: str) -> bytes:
+    """The default wire encoding (tests): UTF-8 text, one line per frame."""
+    return text.encode() + b"\n"
+
+
+class Engine:
+    """Rooms, subscriptions, presence and fan-out for one worker."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        limits: Limits | None = None,
+        *,
+        frame: Callable[[str], bytes] = text_frame,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.broker = broker
+        self.limits = limits or Limits()
+        self.frame = frame
+        self.clock = clock
+        self.rooms: dict[str, Room] = {}
+        self.stats = Stats()
+        self.closing = False
+        self._cache = max(self.limits.archive_size, 100)
+        self._limiter = RateLimiter(self.limits.rate, self.limits.burst)
+        self._typing_limiter = RateLimiter(1.0, 3)
+        self._tasks: set[asyncio.Task[None]] = set()
+        broker.listener = self
+
+    # -- subscribing ------------------------------------------------------------------------
+
+    async def subscribe(
+        self, name: str, user: User, sink: Sink, since: str | None = None
+    ) -> Subscription:
+        """Send ``sink`` the welcome frame, then every live event of room ``name``.
+
+        With ``since``, the welcome's archive is every event after that id (``resumed`` true),
+        unless the id is unknown or more than ``resume_limit`` events were missed. Publishes the
+        user's ``join`` when this is their first socket in the room.
+        """
+        if self.closing:
+            raise Closing()
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(name)
+            room.ready = asyncio.ensure_future(self._load(room))
+        room.refs += 1
+        try:
+            await asyncio.shield(room.ready)  # type: ignore[arg-type]
+            missed = await self._missed(room, since) if since is not None else None
+            if self.closing:
+                raise Closing()
+            # From here to the end of the block nothing awaits, so the welcome and the live
+            # stream meet exactly: no event is lost or doubled between them.
+            archive, resumed = self._archive(room, since, missed)
+            self._flush(room)
+            sub = Subscription(room, user, sink)
+            room.subs.add(sub)
+            self.stats.subscriptions += 1
+            welcome = welcome_frame(name, user, list(room.members.values()), archive, resumed)
+            self._write(sub, self.frame(welcome))
+        except BaseException:
+            self._release(room)
+            raise
+        try:
+            if await self.broker.connected(name, user):
+                await self.broker.publish(Draft("join", name, user, self._now()))
+        except BrokerUnavailable as exc:
+            log.warning("join of %s in %s not published: %s", user.id, name, exc)
+        return sub
+
+    async def _load(self, room: Room) -> None:
+        """Fill a newly held room: recent events, members, then live delivery from there on."""
+        room.loading = []
+        try:
+            recent = await self.broker.history.recent(room.name, self._cache)
+            members = await self.broker.members(room.name)
+        except BaseException:
+            room.loading = None
+            self.rooms.pop(room.name, None)
+            raise
+        self.broker.subscribe(room.name, recent[-1].id if recent else None)
+        room.members = {m.id: m for m in members}
+        room.recent = recent
+        room.last = recent[-1].key if recent else ()
+        buffered, room.loading = room.loading, None
+        self._accept(room, buffered)
+
+    def _archive(
+        self, room: Room, since: str | None, missed: list[Event] | None
+    ) -> tuple[list[Event], bool]:
+        """The welcome's archive and ``resumed`` flag, built without awaiting anything."""
+        if missed is not None and since is not None:
+            # Events read from history but not yet delivered here will arrive live: leave them
+            # out so nobody receives an event twice.
+            missed = [e for e in missed if e.key <= room.last]
+            after = missed[-1].key if missed else id_key(since) or ()
+            archive = missed + [e for e in room.recent if e.key > after]
+            if len(archive) <= self.limits.resume_limit:
+                return archive, True
+        size = self.limits.archive_size
+        return (room.recent[-size:] if size else []), False
+
+    async def _missed(self, room: Room, since: str) -> list[Event] | None:
+        """Events after ``since`` read from history, or None when ``since`` is not kept.
+
+        Only what is older than the room's cached events needs a read; while one is in flight
+        the cache is not trimmed, so the read and the cache together leave no gap.
+        """
+        key = id_key(since)
+        if key is None:
+            return None
+        recent = room.recent
+        if recent and recent[0].key <= key:
+            return [] if any(e.key == key for e in recent) else None
+        room.resuming += 1
+        try:
+            return await self.broker.history.after(room.name, since, self.limits.resume_limit + 1)
+        finally:
+            room.resuming -= 1
+
+    def _release(self, room: Room) -> None:
+        room.refs -= 1
+        if room.refs <= 0 and self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+            if room.flush is not None:
+                room.flush.cancel()
+            self.broker.unsubscribe(room.name)
+
+    # -- client actions ---------------------------------------------------------------------
+
+    async def say(self, sub: Subscription, text: str) -> Event:
+        """Publish a message from the subscriber's user; it is stored before anyone receives it.
+
+        Raises :class:`RateLimited` over the rate, :class:`BrokerUnavailable` if it cannot be
+        stored.
+        """
+        if not self._limiter.allow(sub.user.id, sub.room.name):
+            self.stats.rate_limited += 1
+            raise RateLimited()
+        return await self.broker.publish(Draft("message", sub.room.name, sub.user, self._now(), text))
+
+    def typing(self, sub: Subscription) -> None:
+        """Tell the room's other members that this user is typing (never stored)."""
+        if self._typing_limiter.allow(sub.user.id, sub.room.name):
+            self.broker.typing(sub.room.name, sub.user)
+
+    def send(self, sub: Subscription, text: str) -> None:
+        """Send one subscriber a frame of its own (an error), after the room's pending ones."""
+        if not sub.closed and sub in sub.room.subs:
+            self._flush(sub.room)
+            self._write(sub, self.frame(text))
+
+    async def cancel(self, sub: Subscription) -> None:
+        """Forget a subscription; publish the user's ``leave`` if it was their last socket."""
+        if sub.closed:
+            return
+        sub.closed = True
+        room = sub.room
+        room.subs.discard(sub)
+        try:
+            if await self.broker.disconnected(room.name, sub.user):
+                await self.broker.publish(Draft("leave", room.name, sub.user, self._now()))
+        except BrokerUnavailable as exc:
+            log.warning("leave of %s in %s not published: %s", sub.user.id, room.name, exc)
+        finally:
+            self._release(room)
+
+    def close(self, code: int = GOING_AWAY[0], reason: str = GOING_AWAY[1]) -> None:
+        """Take no new subscribers and close every socket (1001 on shutdown)."""
+        self.closing = True
+        for room in list(self.rooms.values()):
+            self._flush(room)
+            for sub in list(room.subs):
+                sub.sink.close(code, reason)
+
+    # -- delivery (called by the broker, in each room's one order) -----------------------
+
+    def deliver(self, events: Sequence[Event]) -> None:
+        """Fan stored events out to their rooms' subscribers; never blocks."""
+        rooms = self.rooms
+        for event in events:
+            room = rooms.get(event.room)
+            if room is None:
+                continue
+            if room.loading is not None:
+                room.loading.append(event)
+            else:
+                self._accept(room, (event,))
+
+    def _accept(self, room: Room, events: Sequence[Event]) -> None:
+        recent = room.recent
+        for event in events:
+            if recent and event.key <= recent[-1].key:
+                continue  # already held: a broker may re-read after reconnecting
+            recent.append(event)
+            room.last = event.key
+            room.apply(event)
+            self.stats.events += 1
+            if room.subs:
+                room.pending.append(self.frame(event.json))
+        if len(recent) > 2 * self._cache and not room.resuming:
+            del recent[: len(recent) - self._cache]
+        if room.pending and room.flush is None:
+            loop = asyncio.get_running_loop()
+            delay = self.limits.write_delay
+            room.flush = (
+                loop.call_later(delay, self._flush, room) if delay > 0
+                else loop.call_soon(self._flush, room)
+            )
+
+    def relay(self, room_name: str, user: User) -> None:
+        """Send a typing notice to everyone in the room but the typist."""
+        room = self.rooms.get(room_name)
+        if room is None or not room.subs:
+            return
+        self._flush(room)
+        data = self.frame(typing_frame(room_name, user))
+        for sub in list(room.subs):
+            if sub.user.id != user.id:
+                self._write(sub, data)
+
+    def _flush(self, room: Room) -> None:
+        """Write the room's pending frames to every subscriber: one write each."""
+        if room.flush is not None:
+            room.flush.cancel()
+            room.flush = None
+        pending = room.pending
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        self.stats.deliveries += len(pending) * len(room.subs)
+        self.stats.writes += len(room.subs)
+        pending.clear()
+        bound = self.limits.queue_size
+        slow = None
+        for sub in room.subs:
+            sub.write(data)
+            if sub.sink.get_write_buffer_size() > bound:
+                slow = [*slow, sub] if slow else [sub]
+        if slow:
+            for sub in slow:
+                self._drop(sub)
+
+    def _write(self, sub: Subscription, data: bytes) -> None:
+        sub.write(data)
+        if sub.sink.get_write_buffer_size() > self.limits.queue_size:
+            self._drop(sub)
+
+    def _drop(self, sub: Subscription) -> None:
+        """Close a subscriber that does not read; its handler's cancel() does the rest."""
+        if sub in sub.room.subs:
+            sub.room.subs.discard(sub)
+            self.stats.slow_consumers += 1
+            log.info("closing slow consumer %s in %s", sub.user.id, sub.room.name)
+            sub.sink.close(*SLOW_CONSUMER)
+
+    def _now(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- introspection ----------------------------------------------------------------------
+
+    @property
+    def connections(self) -> int:
+        return sum(len(r.subs) for r in self.rooms.values())
+
+    def queued_bytes(self) -> int:
+        return sum(s.sink.get_write_buffer_size() for r in self.rooms.values() for s in r.subs)

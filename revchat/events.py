@@ -1,0 +1,140 @@
+"""Event types and the JSON frames of the socket protocol (SPEC §4). No I/O, no Sanic.
+
+An :class:`Event` is encoded to its JSON text once (:attr:`Event.json`); frames that carry events
+(the welcome's ``archive``, live events) splice that text in rather than encoding again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal
+
+EventType = Literal["message", "join", "leave"]
+EVENT_TYPES: frozenset[str] = frozenset({"message", "join", "leave"})
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """Who speaks: ``fb:<id>`` or ``guest:<random>``, a display name, and an avatar URL or None."""
+
+    id: str
+    name: str
+    avatar: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "avatar": self.avatar}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> User:
+        avatar = data.get("avatar")
+        return cls(id=str(data["id"]), name=str(data["name"]), avatar=str(avatar) if avatar else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """An event before the store has given it an id."""
+
+    type: EventType
+    room: str
+    user: User
+    timestamp: int
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A stored event of a room, as every subscriber receives it."""
+
+    type: EventType
+    id: str
+    room: str
+    user: User
+    timestamp: int
+    text: str = ""
+    key: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = id_key(self.id)
+        if key is None:
+            raise ValueError(f"malformed event id {self.id!r}")
+        object.__setattr__(self, "key", key)
+
+    @classmethod
+    def stored(cls, draft: Draft, event_id: str) -> Event:
+        return cls(draft.type, event_id, draft.room, draft.user, draft.timestamp, draft.text)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "id": self.id,
+            "room": self.room,
+            "user": self.user.as_dict(),
+            "timestamp": self.timestamp,
+            "text": self.text,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        kind = data["type"]
+        if kind not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {kind!r}")
+        return cls(
+            type=kind,
+            id=str(data["id"]),
+            room=str(data["room"]),
+            user=User.from_dict(data["user"]),
+            timestamp=int(data["timestamp"]),
+            text=str(data.get("text", "")),
+        )
+
+    @cached_property
+    def json(self) -> str:
+        """The event's JSON text, encoded once and shared by every frame that carries it."""
+        return _dumps(self.as_dict())
+
+
+def id_key(event_id: str) -> tuple[int, ...] | None:
+    """The sort key of an event id (``"42"`` or Redis's ``"1764489600123-0"``), or None if malformed.
+
+    Ids are opaque to clients; inside revchat they compare by this key.
+    """
+    parts = event_id.split("-")
+    if not 1 <= len(parts) <= 2 or not all(p.isdigit() and len(p) <= 20 for p in parts):
+        return None
+    return tuple(int(p) for p in parts) + (0,) * (2 - len(parts))
+
+
+def welcome_frame(
+    room: str, you: User, members: list[User], archive: list[Event], resumed: bool
+) -> str:
+    """The first frame a subscriber receives; the archive's events are spliced in pre-encoded."""
+    head = _dumps(
+        {
+            "type": "welcome",
+            "room": room,
+            "you": you.as_dict(),
+            "members": [m.as_dict() for m in members],
+            "resumed": resumed,
+        }
+    )
+    return head[:-1] + ',"archive":[' + ",".join(e.json for e in archive) + "]}"
+
+
+def typing_frame(room: str, user: User) -> str:
+    return _dumps({"type": "typing", "room": room, "user": user.as_dict()})
+
+
+ErrorCode = Literal["bad_request", "too_long", "rate_limited", "unavailable"]
+
+
+def error_frame(code: ErrorCode, message: str) -> str:
+    return _dumps({"type": "error", "code": code, "message": message})
+
+
+def dumps(data: Any) -> str:
+    """Compact JSON, as every frame is encoded."""
+    return _dumps(data)

@@ -1,0 +1,68 @@
+"""The sign-in page, the room page and a room's history (SPEC §3)."""
+
+from __future__ import annotations
+
+import re
+
+from sanic import Blueprint, HTTPResponse, Request, json, redirect
+from sanic.exceptions import BadRequest, NotFound
+
+from revchat.engine import Engine
+from revchat.web import ROOM_PATTERN, current_user, page, settings_of
+
+bp = Blueprint("pages")
+
+ROOM_RE = re.compile(ROOM_PATTERN)
+HISTORY_PAGE = 50
+HISTORY_MAX = 200
+
+
+def room_name(raw: str) -> str:
+    """A room's stored name (lower case); 404 for anything but 1-64 letters, digits, - and _."""
+    if not ROOM_RE.fullmatch(raw):
+        raise NotFound("no such room")
+    return raw.lower()
+
+
+@bp.get("/")
+async def index(request: Request) -> HTTPResponse:
+    """Sign-in page, or the welcome and room chooser once signed in."""
+    return await page(request, "index.html")
+
+
+@bp.get("/rooms")
+async def choose(request: Request) -> HTTPResponse:
+    """The room chooser's form: go to the named room."""
+    raw = (request.args.get("room") or "").strip()
+    if not ROOM_RE.fullmatch(raw):
+        return await page(request, "index.html", status=400,
+                          error="Room names are 1-64 letters, digits, - or _.", room=raw[:64])
+    return redirect(f"/rooms/{raw.lower()}")
+
+
+@bp.get(f"/rooms/<room:{ROOM_PATTERN}>")
+async def room_page(request: Request, room: str) -> HTTPResponse:
+    """The chat page of a room; not signed in: back to the sign-in page."""
+    name = room_name(room)
+    if current_user(request) is None:
+        return redirect("/")
+    settings = settings_of(request)
+    return await page(request, "room.html", room=name,
+                      max_length=settings.max_message_length)
+
+
+@bp.get(f"/rooms/<room:{ROOM_PATTERN}>/history")
+async def history(request: Request, room: str) -> HTTPResponse:
+    """Older events, oldest first: ``{"events": [...], "more": bool}``; 401 when not signed in."""
+    name = room_name(room)
+    if current_user(request) is None:
+        return json({"error": "not signed in"}, status=401)
+    raw_limit = request.args.get("limit", str(HISTORY_PAGE))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= HISTORY_MAX:
+        raise BadRequest(f"limit must be a whole number from 1 to {HISTORY_MAX}")
+    before = request.args.get("before") or None
+    engine: Engine = request.app.ctx.engine
+    events, more = await engine.broker.history.before(name, before, int(raw_limit))
+    body = '{"events":[' + ",".join(e.json for e in events) + '],"more":' + \
+        ("true" if more else "false") + "}"
+    return HTTPResponse(body, content_type="application/json")

@@ -1,0 +1,98 @@
+"""What a client may send on the socket (SPEC §4), checked without I/O.
+
+:func:`parse` turns one received frame into a :class:`Say` or :class:`Typing`, or raises
+:class:`BadFrame` carrying the error code and message the client is answered with.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from revchat.events import ErrorCode
+
+
+class BadFrame(Exception):
+    """A frame the server answers with an error frame; the socket stays open."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    pass
+
+
+Command = Say | Typing
+
+
+def parse(data: str | bytes, max_length: int) -> Command:
+    """Validate one client frame. ``text`` is trimmed and must be 1..max_length code points."""
+    if not isinstance(data, str):
+        raise BadFrame("bad_request", "frames must be JSON text, not binary")
+    try:
+        frame = json.loads(data)
+    except ValueError:
+        raise BadFrame("bad_request", "the frame is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise BadFrame("bad_request", "the frame must be a JSON object")
+    kind = frame.get("type")
+    if kind == "typing":
+        return Typing()
+    if kind != "say":
+        raise BadFrame("bad_request", f"unknown frame type {str(kind)[:40]!r}")
+    text = frame.get("text")
+    if not isinstance(text, str):
+        raise BadFrame("bad_request", "a say frame needs a text string")
+    text = text.strip()
+    if not text:
+        raise BadFrame("bad_request", "the message is empty")
+    if len(text) > max_length:
+        raise BadFrame("too_long", f"the message is longer than {max_length} characters")
+    return Say(text)
+
+
+class RateLimiter:
+    """Token buckets keyed by (user, room): ``burst`` at once, then ``rate`` per second.
+
+    A rate of 0 turns limiting off. Idle full buckets are forgotten so memory stays bounded.
+    """
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._clock = clock
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def allow(self, user_id: str, room: str) -> bool:
+        """Take one token; False when the bucket is empty (the message must not be published)."""
+        if self.rate <= 0:
+            return True
+        now = self._clock()
+        key = (user_id, room)
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            return False
+        self._buckets[key] = (tokens - 1.0, now)
+        if len(self._buckets) > 10000:
+            self._forget_full(now)
+        return True
+
+    def _forget_full(self, now: float) -> None:
+        for key, (tokens, last) in list(self._buckets.items()):
+            if tokens + (now - last) * self.rate >= self.burst:
+                del self._buckets[key]

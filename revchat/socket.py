@@ -1,0 +1,108 @@
+"""The chat socket, ``WS /rooms/{room}/socket?since=ID`` (SPEC §4): Sanic on one side, the
+engine on the other.
+
+The handshake is refused (403) before any upgrade without a valid session or from a foreign
+Origin. Server frames are written straight to the transport, pre-framed: one encoding per event
+serves every subscriber, and the engine bounds what each may hold back (1013).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from sanic import Blueprint, Request
+from sanic.exceptions import Forbidden, ServiceUnavailable
+from sanic.server.websockets.impl import WebsocketImplProtocol
+
+from revchat.broker import BrokerUnavailable
+from revchat.engine import Closing, Engine, RateLimited, Subscription
+from revchat.events import ErrorCode, error_frame
+from revchat.pages import room_name
+from revchat.protocol import BadFrame, Say, parse
+from revchat.web import ROOM_PATTERN, current_user, origin_allowed, settings_of
+
+bp = Blueprint("socket")
+
+_SHORT = struct.Struct("!BBH")
+_LONG = struct.Struct("!BBQ")
+
+
+def text_frame(text: str) -> bytes:
+    """An unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2), as servers send them."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return _SHORT.pack(0x81, 126, size) + payload
+    return _LONG.pack(0x81, 127, size) + payload
+
+
+class WebSocketSink:
+    """The engine's view of one socket: its transport's write and buffer size, and a close."""
+
+    __slots__ = ("_ws", "get_write_buffer_size", "write")
+
+    def __init__(self, ws: WebsocketImplProtocol) -> None:
+        transport = ws.io_proto.transport  # type: ignore[union-attr]
+        self._ws = ws
+        self.write = transport.write
+        self.get_write_buffer_size = transport.get_write_buffer_size
+
+    def close(self, code: int, reason: str) -> None:
+        self._ws.end_connection(code, reason)
+
+
+@bp.on_request
+async def check_handshake(request: Request) -> None:
+    """Refuse the upgrade with a plain HTTP answer: 403 without a session or from another origin."""
+    if not origin_allowed(request):
+        raise Forbidden("cross-origin WebSocket refused")
+    if current_user(request) is None:
+        raise Forbidden("sign in first")
+    engine: Engine = request.app.ctx.engine
+    if engine.connections >= settings_of(request).max_connections:
+        raise ServiceUnavailable("too many connections")
+
+
+@bp.websocket(f"/rooms/<room:{ROOM_PATTERN}>/socket")
+async def socket(request: Request, ws: WebsocketImplProtocol, room: str) -> None:
+    """Welcome, then relay the client's ``say`` and ``typing`` until either side closes."""
+    user = current_user(request)
+    assert user is not None  # check_handshake refused the upgrade otherwise
+    engine: Engine = request.app.ctx.engine
+    try:
+        sub = await engine.subscribe(room_name(room), user, WebSocketSink(ws),
+                                     request.args.get("since") or None)
+    except Closing:
+        await ws.close(1001, "server shutting down")
+        return
+    max_length = settings_of(request).max_message_length
+    try:
+        while True:
+            data = await ws.recv()
+            if data is None:
+                continue
+            await handle(engine, sub, data, max_length)
+    finally:
+        await engine.cancel(sub)
+
+
+async def handle(engine: Engine, sub: Subscription, data: str | bytes, max_length: int) -> None:
+    """Act on one client frame; a bad one is answered with an error frame and changes nothing."""
+    try:
+        command = parse(data, max_length)
+        if isinstance(command, Say):
+            await engine.say(sub, command.text)
+        else:
+            engine.typing(sub)
+    except BadFrame as exc:
+        tell(engine, sub, exc.code, exc.message)
+    except RateLimited:
+        tell(engine, sub, "rate_limited", "you are sending messages too fast; wait a moment")
+    except BrokerUnavailable as exc:
+        tell(engine, sub, "unavailable", f"the message was not sent: {exc}")
+
+
+def tell(engine: Engine, sub: Subscription, code: ErrorCode, message: str) -> None:
+    engine.send(sub, error_frame(code, message))

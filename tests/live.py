@@ -1,0 +1,131 @@
+"""A real revchat server on an ephemeral loopback port, run in the test's event loop, and a
+WebSocket client that speaks SPEC §4. Shared by the socket, engine-over-HTTP and Redis tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+from sanic import Sanic
+from websockets.asyncio.client import ClientConnection
+
+from revchat.app import create_app
+from revchat.config import Settings
+from revchat.engine import Engine
+
+Sanic.test_mode = True
+
+
+def make_settings(tmp_path: Path, **changes: Any) -> Settings:
+    """Settings for a test: memory history, a fixed secret key, limits as SPEC §4 states them."""
+    base = Settings(
+        data_dir=tmp_path, history="memory://", secret_key="test-secret-" + "x" * 32,
+        ping_interval=20.0, write_delay=1.0,
+    )
+    return replace(base, **changes)
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass
+class Live:
+    app: Sanic
+    settings: Settings
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def engine(self) -> Engine:
+        engine: Engine = self.app.ctx.engine
+        return engine
+
+    async def sign_in(self, name: str) -> str:
+        """A guest session cookie for ``name``."""
+        return await sign_in(self.url, name)
+
+    def connect(self, room: str, cookie: str | None, **kwargs: Any) -> Any:
+        return connect(self.port, room, cookie, **kwargs)
+
+
+async def sign_in(url: str, name: str) -> str:
+    async with httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/auth/guest", data={"name": name})
+        assert response.status_code == 302, response.text
+        return response.cookies["revchat_session"]
+
+
+def connect(port: int, room: str, cookie: str | None, since: str | None = None,
+            origin: str | None = None, **kwargs: Any) -> Any:
+    """A websockets client connection to the room's socket with the session cookie."""
+    headers = {"Cookie": f"revchat_session={cookie}"} if cookie else {}
+    query = f"?since={since}" if since is not None else ""
+    return websockets.connect(
+        f"ws://127.0.0.1:{port}/rooms/{room}/socket{query}", additional_headers=headers,
+        origin=origin, open_timeout=5, close_timeout=2, **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def frame(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
+    """The next JSON frame from the server."""
+    data = await asyncio.wait_for(ws.recv(), timeout)
+    result: dict[str, Any] = json.loads(data)
+    return result
+
+
+async def frame_of(ws: ClientConnection, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The next frame of type ``kind``, skipping others (typing notices, other users' joins)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            got = await frame(ws, timeout)
+            if got["type"] == kind:
+                return got
+
+
+async def say(ws: ClientConnection, text: str) -> None:
+    await ws.send(json.dumps({"type": "say", "text": text}))
+
+
+@asynccontextmanager
+async def live_server(settings: Settings) -> AsyncIterator[Live]:
+    """Start revchat on a free loopback port in this event loop; stop it like SIGTERM would."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    settings = replace(settings, port=port, public_url=f"http://127.0.0.1:{port}")
+    app = create_app(settings, name=f"revchat_test_{uuid.uuid4().hex[:8]}")
+    server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False)
+    assert server is not None
+    await server.startup()
+    await server.before_start()
+    await server.after_start()
+    await server.start_serving()
+    try:
+        yield Live(app, settings, port)
+    finally:
+        await server.before_stop()
+        server.close()
+        await server.wait_closed()
+        engine: Engine = app.ctx.engine
+        async with asyncio.timeout(5):
+            while engine.rooms:
+                await asyncio.sleep(0.01)
+        await server.after_stop()
+        sock.close()
