@@ -18,7 +18,7 @@ from revchat.config import Settings
 from revchat.engine import Engine, Limits
 from revchat.history import HistoryUnavailable
 from revchat.sessions import Signer
-from revchat.web import STATIC, TEMPLATES, page
+from revchat.web import STATIC, TEMPLATES, App, page
 
 log = logging.getLogger("revchat")
 
@@ -35,7 +35,7 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(settings: Settings, name: str = "revchat") -> Sanic:
+def create_app(settings: Settings, name: str = "revchat") -> App:
     """A configured revchat app; its engine, broker and history open when the server starts."""
     if not settings.secret_key:
         raise ValueError("settings.secret_key is empty: call config.ensure_secret_key() first")
@@ -65,7 +65,7 @@ def create_app(settings: Settings, name: str = "revchat") -> Sanic:
     return app
 
 
-def setup_facebook(app: Sanic, settings: Settings) -> None:
+def setup_facebook(app: App, settings: Settings) -> None:
     """Mount Facebook sign-in (and its data-deletion callback) when it is configured."""
     try:
         from revchat import facebook
@@ -74,9 +74,9 @@ def setup_facebook(app: Sanic, settings: Settings) -> None:
     facebook.setup(app, settings)
 
 
-def setup_lifecycle(app: Sanic, settings: Settings) -> None:
+def setup_lifecycle(app: App, settings: Settings) -> None:
     @app.before_server_start
-    async def open_engine(app: Sanic) -> None:
+    async def open_engine(app: App) -> None:
         broker = open_broker(settings)
         await broker.open()
         engine = Engine(broker, Limits(
@@ -88,15 +88,15 @@ def setup_lifecycle(app: Sanic, settings: Settings) -> None:
         app.ctx.metrics = ops.registry_for(engine)
 
     @app.before_server_stop
-    async def close_sockets(app: Sanic) -> None:
+    async def close_sockets(app: App) -> None:
         app.ctx.engine.close()
 
     @app.after_server_stop
-    async def close_engine(app: Sanic) -> None:
+    async def close_engine(app: App) -> None:
         await app.ctx.engine.broker.close()
 
 
-def setup_responses(app: Sanic) -> None:
+def setup_responses(app: App) -> None:
     @app.on_response
     async def security_headers(request: Request, response: HTTPResponse) -> None:
         for header, value in SECURITY_HEADERS.items():

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from revchat.events import Draft, Event, User
 from revchat.config import Settings
+from revchat.events import Draft, Event, User
 from revchat.history import History, HistoryUnavailable, open_history
 
 log = logging.getLogger("revchat.broker")

@@ -400,3 +400,14 @@ def shown(option: Option, value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     return str(value)
+
+
+def markdown_table() -> str:
+    """The README's settings table, generated from :data:`OPTIONS` (a test keeps them in step)."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for option in OPTIONS:
+        flag = f"`{option.flag}/--no-{option.flag[2:]}`" if option.switch else f"`{option.flag}`"
+        envs = ", ".join(f"`{e}`" for e in option.envs)
+        default = "derived" if option.default is None else f"`{shown(option, option.default)}`"
+        rows.append(f"| {flag} | {envs} | {default} | {option.help.replace('|', '/')} |")
+    return "\n".join(rows)

@@ -78,7 +78,7 @@ class Stats:
 class Subscription:
     """One socket in one room: it has received the archive and now receives live events."""
 
-    __slots__ = ("closed", "room", "sink", "user", "write")
+    __slots__ = ("closed", "closed_transport", "room", "sink", "user", "write")
 
     def __init__(self, room: Room, user: User, sink: Sink) -> None:
         self.room = room
@@ -86,6 +86,7 @@ class Subscription:
         self.sink = sink
         self.write = sink.write
         self.closed = False
+        self.closed_transport = False
 
 
 @dataclass(eq=False)
@@ -348,24 +349,38 @@ class Engine:
         self.stats.writes += len(room.subs)
         pending.clear()
         bound = self.limits.queue_size
-        slow = None
+        failed = None
         for sub in room.subs:
-            sub.write(data)
-            if sub.sink.get_write_buffer_size() > bound:
-                slow = [*slow, sub] if slow else [sub]
-        if slow:
-            for sub in slow:
+            try:
+                sub.write(data)
+                if sub.sink.get_write_buffer_size() > bound:
+                    failed = [*failed, sub] if failed else [sub]
+            except Exception:  # a transport that closed under us (uvloop raises)
+                sub.closed_transport = True
+                failed = [*failed, sub] if failed else [sub]
+        if failed:
+            for sub in failed:
                 self._drop(sub)
 
     def _write(self, sub: Subscription, data: bytes) -> None:
-        sub.write(data)
+        try:
+            sub.write(data)
+        except Exception:  # a transport that closed under us (uvloop raises)
+            sub.closed_transport = True
+            self._drop(sub)
+            return
         if sub.sink.get_write_buffer_size() > self.limits.queue_size:
             self._drop(sub)
 
     def _drop(self, sub: Subscription) -> None:
-        """Close a subscriber that does not read; its handler's cancel() does the rest."""
+        """Stop writing to a subscriber; close it with 1013 unless its socket is already gone.
+
+        Its handler's cancel() then does the rest (presence, leave).
+        """
         if sub in sub.room.subs:
             sub.room.subs.discard(sub)
+            if sub.closed_transport:
+                return
             self.stats.slow_consumers += 1
             log.info("closing slow consumer %s in %s", sub.user.id, sub.room.name)
             sub.sink.close(*SLOW_CONSUMER)

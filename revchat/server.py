@@ -13,7 +13,7 @@ from sanic.worker.loader import AppLoader
 
 from revchat.app import create_app
 from revchat.broker import BrokerUnavailable, open_broker
-from revchat.config import Settings, SettingError, ensure_secret_key
+from revchat.config import SettingError, Settings, ensure_secret_key
 
 log = logging.getLogger("revchat")
 

@@ -45,12 +45,13 @@ class WebSocketSink:
 
     def __init__(self, ws: WebsocketImplProtocol) -> None:
         transport = ws.io_proto.transport  # type: ignore[union-attr]
+        assert transport is not None, "the handshake has completed"
         self._ws = ws
         self.write = transport.write
         self.get_write_buffer_size = transport.get_write_buffer_size
 
     def close(self, code: int, reason: str) -> None:
-        self._ws.end_connection(code, reason)
+        self._ws.end_connection(code, reason)  # type: ignore[no-untyped-call]
 
 
 @bp.on_request

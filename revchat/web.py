@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
-from sanic import HTTPResponse, Request
+from sanic import HTTPResponse, Request, Sanic
 from sanic.exceptions import Forbidden
 from sanic_ext import render
 
@@ -17,6 +17,9 @@ PACKAGE = Path(__file__).resolve().parent
 TEMPLATES = PACKAGE / "templates"
 STATIC = PACKAGE / "static"
 ROOM_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+
+App: TypeAlias = Sanic[Any, Any]
+"""The revchat Sanic app type (config and ctx are Sanic's defaults)."""
 
 
 def settings_of(request: Request) -> Settings:

@@ -1,0 +1,224 @@
+"""The command line (SPEC §2): through Typer's runner, and as the installed console script."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from revchat import __version__
+from revchat.cli import cli
+from revchat.config import OPTIONS, Settings, ensure_secret_key, load
+from tests.live import connect, frame, free_socket, sign_in
+
+SCRIPT = str(Path(sys.executable).parent / "revchat")
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for option in OPTIONS:
+        for var in option.envs:
+            monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("REVCHAT_DATA_DIR", str(tmp_path / "data"))
+
+
+def test_version() -> None:
+    """--version prints the package version."""
+    result = runner.invoke(cli, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"revchat {__version__}"
+
+
+def test_help_names_every_environment_variable() -> None:
+    """serve --help names each option's REVCHAT_ variable (and the seed's FB_ ones)."""
+    result = runner.invoke(cli, ["serve", "--help"], terminal_width=400)
+    assert result.exit_code == 0
+    for option in OPTIONS:
+        assert option.flag in result.output
+        for var in option.envs:
+            assert var in result.output
+
+
+def test_flag_beats_env_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """config show reports each value's source: flag over env over default."""
+    monkeypatch.setenv("REVCHAT_PORT", "9100")
+    monkeypatch.setenv("REVCHAT_ARCHIVE_SIZE", "20")
+    result = runner.invoke(cli, ["config", "show", "--port", "9200", "--secret-key", "s3cret"])
+    assert result.exit_code == 0
+    lines = {line.split()[0]: line.split() for line in result.output.splitlines()}
+    assert lines["port"][1:] == ["9200", "flag"]
+    assert lines["archive_size"][1:] == ["20", "env"]
+    assert lines["host"][1:] == ["127.0.0.1", "default"]
+    assert lines["secret_key"][1:] == ["********", "flag"]
+    assert "s3cret" not in result.output
+
+
+def test_seed_facebook_variables_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FB_CLIENT_ID and FB_CLIENT_SECRET configure Facebook, which turns guests off."""
+    monkeypatch.setenv("FB_CLIENT_ID", "123")
+    monkeypatch.setenv("FB_CLIENT_SECRET", "shh")
+    settings = load({}).settings
+    assert settings.facebook and not settings.guests
+    assert load({"guests": True}).settings.guests
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "70000"], "--port: 70000 is out of range"),
+        (["--port", "abc"], "--port: 'abc' is not a whole number"),
+        (["--history", "mysql://x"], "--history: 'mysql://x' has an unknown scheme"),
+        (["--broker", "kafka://x"], "--broker: 'kafka://x' has an unknown scheme"),
+        (["--workers", "2"], "--workers 2 needs a shared broker: add --broker redis://"),
+        (["--public-url", "ftp://x"], "--public-url: 'ftp://x' is not an http:// or https:// URL"),
+        (["--log-level", "loud"], "--log-level: 'loud' is not one of"),
+        (["--rate", "-1"], "--rate: '-1' must be zero or more"),
+    ],
+)
+def test_bad_values_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    """Every bad value ends with exit 2 and one line naming the flag, no traceback."""
+    result = runner.invoke(cli, ["serve", *args])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad REVCHAT_ value is reported with the variable's name."""
+    monkeypatch.setenv("REVCHAT_PORT", "0")
+    result = runner.invoke(cli, ["config", "show"])
+    assert result.exit_code == 2 and "REVCHAT_PORT: 0 is out of range" in result.output
+
+
+def test_config_check(tmp_path: Path) -> None:
+    """config check prints one line per problem and exits 1; a good config exits 0."""
+    result = runner.invoke(cli, ["config", "check", "--history", "memory://"])
+    assert result.exit_code == 0 and "configuration ok" in result.output
+    result = runner.invoke(cli, ["config", "check", "--fb-client-id", "1",
+                                 "--public-url", "http://chat.example.org",
+                                 "--workers", "3"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert any("--workers 3 needs a shared broker" in line for line in lines)
+    assert any("half configured: FB_CLIENT_SECRET is missing" in line for line in lines)
+    result = runner.invoke(cli, ["config", "check", "--fb-client-id", "1",
+                                 "--fb-client-secret", "2",
+                                 "--public-url", "http://chat.example.org"])
+    assert result.exit_code == 1 and "use an https:// --public-url" in result.output
+
+
+def test_unwritable_data_dir_is_reported(tmp_path: Path) -> None:
+    """A data dir that cannot be written is one line from config check."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a dir")
+    result = runner.invoke(cli, ["config", "check", "--data-dir", str(blocker / "sub")])
+    assert result.exit_code == 1 and "is not writable" in result.output
+
+
+def test_secret_key_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
+    """Without a key, one is generated in the data dir (0600) and reused afterwards."""
+    settings = Settings(data_dir=tmp_path / "d")
+    first = ensure_secret_key(settings)
+    path = tmp_path / "d" / "secret_key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(first.secret_key) >= 32
+    assert ensure_secret_key(settings).secret_key == first.secret_key
+
+
+def run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=60,
+                          env=env or dict(os.environ))
+
+
+def test_console_script_version_and_bad_value() -> None:
+    """The installed `revchat` prints its version, and a bad value as one line, exit 2."""
+    result = run_script("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"revchat {__version__}"
+    result = run_script("serve", "--port", "99999")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "revchat: --port: 99999 is out of range (must be from 1 to 65535)"
+
+
+def test_console_script_port_in_use_is_one_line(tmp_path: Path) -> None:
+    """A port that is taken ends `revchat serve` with one line and exit 1."""
+    taken = free_socket()
+    port = taken.getsockname()[1]
+    result = run_script("serve", "--port", str(port), "--data-dir", str(tmp_path))
+    taken.close()
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"revchat: port {port} on 127.0.0.1 is already in use"
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(
+        [SCRIPT, "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_healthy(port, proc)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[str]) -> None:
+    """Wait for /healthz (connection refused until the server listens)."""
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise AssertionError(f"revchat serve exited early: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(0.05)  # also notices an early exit
+    raise AssertionError("revchat serve did not become healthy")
+
+
+def test_console_script_serves_and_stops_on_sigterm(
+    served: tuple[subprocess.Popen[str], int], tmp_path: Path
+) -> None:
+    """`revchat serve` serves the page and the socket; SIGTERM closes sockets with 1001, exit 0."""
+    proc, port = served
+    assert 'action="/auth/guest"' in httpx.get(f"http://127.0.0.1:{port}/").text
+    assert (tmp_path / "data" / "secret_key").exists()
+
+    async def scenario() -> tuple[int | None, str | None]:
+        cookie = await sign_in(f"http://127.0.0.1:{port}", "Ann")
+        async with connect(port, "lobby", cookie) as ws:
+            assert (await frame(ws))["type"] == "welcome"
+            proc.send_signal(signal.SIGTERM)
+            try:
+                while True:
+                    await frame(ws, timeout=10)
+            except Exception:
+                pass
+            return ws.close_code, ws.close_reason
+
+    code, reason = asyncio.run(scenario())
+    assert (code, reason) == (1001, "server shutting down")
+    assert proc.wait(15) == 0
+    output = proc.stdout.read() if proc.stdout else ""
+    assert "guest sign-in is on" in output
+    assert "Traceback" not in output, output

@@ -1,0 +1,199 @@
+"""The room engine driven directly, without Sanic: order, encode-once, slow consumers,
+presence, resume, typing and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from revchat.broker import MemoryBroker
+from revchat.engine import Closing, Engine, Limits, RateLimited
+from revchat.events import User
+from revchat.history import MemoryHistory
+
+ANN = User("guest:ann", "Ann")
+BOB = User("guest:bob", "Bob")
+
+
+class Sink:
+    """A socket stand-in: keeps what was written; can pretend not to be read."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.writes = 0
+        self.stalled = 0
+        self.closed: tuple[int, str] | None = None
+        self.arrived = asyncio.Event()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        self.writes += 1
+        self.arrived.set()
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.data) if self.stalled else 0
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def frames(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in bytes(self.data).splitlines()]
+
+    async def wait_for(self, count: int) -> list[dict[str, Any]]:
+        async with asyncio.timeout(5):
+            while len(self.frames()) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.frames()
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[Engine]:
+    broker = MemoryBroker(MemoryHistory())
+    await broker.open()
+    yield Engine(broker, Limits(write_delay=0.001, rate=0, queue_size=1000))
+    await broker.close()
+
+
+def kinds(frames: list[dict[str, Any]]) -> list[str]:
+    return [f["type"] for f in frames]
+
+
+async def test_subscribe_welcomes_then_joins(engine: Engine) -> None:
+    """A subscriber gets the welcome, then its own join live."""
+    sink = Sink()
+    await engine.subscribe("lobby", ANN, sink)
+    frames = await sink.wait_for(2)
+    assert kinds(frames) == ["welcome", "join"]
+    assert frames[0]["you"] == ANN.as_dict()
+
+
+async def test_one_order_for_all_and_one_write_per_flush(engine: Engine) -> None:
+    """Concurrent messages reach every subscriber in one order, coalesced into few writes."""
+    sinks = [Sink() for _ in range(5)]
+    subs = [await engine.subscribe("lobby", User(f"guest:{i}", f"U{i}"), s)
+            for i, s in enumerate(sinks)]
+    for s in sinks:
+        await s.wait_for(1)
+    await asyncio.gather(*(engine.say(sub, f"{i}-{n}") for n in range(10)
+                           for i, sub in enumerate(subs)))
+    expected = None
+    for s in sinks:
+        frames = await s.wait_for(len(s.frames()))
+        texts = [f["text"] for f in frames if f["type"] == "message"]
+        while len(texts) < 50:
+            texts = [f["text"] for f in await s.wait_for(len(s.frames()) + 1)
+                     if f["type"] == "message"]
+        expected = expected or texts
+        assert texts == expected
+    assert all(s.writes < 30 for s in sinks), "frames are coalesced, not one write each"
+
+
+async def test_event_is_encoded_once(engine: Engine) -> None:
+    """One frame encoding serves every subscriber (encode once, not once per subscriber)."""
+    encoded: list[str] = []
+    original = engine.frame
+
+    def counting(text: str) -> bytes:
+        encoded.append(text)
+        return original(text)
+
+    engine.frame = counting
+    sinks = [Sink() for _ in range(20)]
+    subs = [await engine.subscribe("lobby", ANN, s) for s in sinks]
+    encoded.clear()
+    await engine.say(subs[0], "hello")
+    await sinks[-1].wait_for(2)
+    assert sum('"hello"' in text for text in encoded) == 1
+
+
+async def test_slow_consumer_is_dropped_not_waited_for(engine: Engine) -> None:
+    """A subscriber over its bound is closed with 1013 and others keep receiving."""
+    slow, fast = Sink(), Sink()
+    sub = await engine.subscribe("lobby", ANN, slow)
+    await engine.subscribe("lobby", BOB, fast)
+    slow.stalled = 1
+    for i in range(20):
+        await engine.say(sub, "x" * 100 + str(i))
+    frames = await fast.wait_for(2 + 20)
+    assert slow.closed == (1013, "slow consumer")
+    assert [f["text"] for f in frames if f["type"] == "message"][-1].endswith("19")
+    assert engine.stats.slow_consumers == 1
+
+
+async def test_tabs_are_one_member(engine: Engine) -> None:
+    """Two sockets of a user publish one join; the leave comes with the last one."""
+    watcher = Sink()
+    await engine.subscribe("lobby", BOB, watcher)
+    tab1 = await engine.subscribe("lobby", ANN, Sink())
+    tab2 = await engine.subscribe("lobby", ANN, Sink())
+    await engine.cancel(tab1)
+    await engine.say(tab2, "still here")
+    await engine.cancel(tab2)
+    frames = await watcher.wait_for(5)
+    assert [(f["type"], f["user"]["name"]) for f in frames[1:]] == [
+        ("join", "Bob"), ("join", "Ann"), ("message", "Ann"), ("leave", "Ann")]
+    assert list(engine.rooms["lobby"].members) == [BOB.id]
+
+
+async def test_rate_limit(tmp_path: Any) -> None:
+    """After the burst, say raises RateLimited and nothing is published."""
+    broker = MemoryBroker(MemoryHistory())
+    await broker.open()
+    engine = Engine(broker, Limits(rate=1.0, burst=3))
+    sub = await engine.subscribe("lobby", ANN, Sink())
+    for _ in range(3):
+        await engine.say(sub, "ok")
+    with pytest.raises(RateLimited):
+        await engine.say(sub, "too many")
+    assert len(await broker.history.recent("lobby", 10)) == 4  # join + 3 messages
+    await broker.close()
+
+
+async def test_resume_from_history_and_cache(engine: Engine) -> None:
+    """since= replays exactly the events after the id, whether cached or read from history."""
+    sink = Sink()
+    sub = await engine.subscribe("lobby", ANN, sink)
+    first = await engine.say(sub, "one")
+    await engine.say(sub, "two")
+    again = Sink()
+    await engine.subscribe("lobby", BOB, again, since=first.id)
+    welcome = (await again.wait_for(1))[0]
+    assert welcome["resumed"] is True
+    assert [e["text"] for e in welcome["archive"]] == ["two"]
+    # Once the room is dropped and loaded again, the same resume is read from history.
+    await engine.cancel(sub)
+    await engine.cancel(next(iter(engine.rooms["lobby"].subs)))
+    assert "lobby" not in engine.rooms
+    late = Sink()
+    await engine.subscribe("lobby", BOB, late, since=first.id)
+    welcome = (await late.wait_for(1))[0]
+    assert welcome["resumed"] is True
+    assert [(e["type"], e["text"]) for e in welcome["archive"]][:2] == [
+        ("message", "two"), ("join", "")]
+
+
+async def test_typing_skips_the_typist(engine: Engine) -> None:
+    """A typing notice goes to the others only."""
+    ann_sink, bob_sink = Sink(), Sink()
+    ann = await engine.subscribe("lobby", ANN, ann_sink)
+    await engine.subscribe("lobby", BOB, bob_sink)
+    await bob_sink.wait_for(2)
+    engine.typing(ann)
+    frames = await bob_sink.wait_for(3)
+    assert frames[-1]["type"] == "typing" and frames[-1]["user"]["id"] == ANN.id
+    assert all(f["type"] != "typing" for f in ann_sink.frames())
+
+
+async def test_close_sends_1001_and_refuses_newcomers(engine: Engine) -> None:
+    """Shutdown closes every socket with 1001 and takes no new subscriber."""
+    sink = Sink()
+    await engine.subscribe("lobby", ANN, sink)
+    engine.close()
+    assert sink.closed == (1001, "server shutting down")
+    with pytest.raises(Closing):
+        await engine.subscribe("lobby", BOB, Sink())
