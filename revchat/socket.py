@@ -8,11 +8,14 @@ serves every subscriber, and the engine bounds what each may hold back (1013).
 
 from __future__ import annotations
 
+import asyncio
 import struct
+from collections import deque
 
 from sanic import Blueprint, Request
 from sanic.exceptions import Forbidden, ServiceUnavailable
 from sanic.server.websockets.impl import WebsocketImplProtocol
+from websockets.frames import Frame, Opcode
 
 from revchat.broker import BrokerUnavailable
 from revchat.engine import Closing, Engine, RateLimited, Subscription
@@ -66,12 +69,80 @@ async def check_handshake(request: Request) -> None:
         raise ServiceUnavailable("too many connections")
 
 
+class Inbox:
+    """Stands in for Sanic's frame assembler, which holds one message at a time: when a client
+    sends several messages and closes, Sanic closes the connection and cancels the handler with
+    the rest still unread. Here every complete message is queued as soon as it is parsed, so the
+    handler can still publish it after the socket is gone. Reading pauses while ``limit``
+    messages wait, which bounds memory as Sanic's assembler did.
+    """
+
+    def __init__(self, ws: WebsocketImplProtocol, limit: int = 64) -> None:
+        self._transport = ws.io_proto.transport  # type: ignore[union-attr]
+        self._messages: deque[str | bytes] = deque()
+        self._ready = asyncio.Event()
+        self._chunks: list[bytes | bytearray | memoryview] = []
+        self._text = True
+        self._limit = limit
+        self._paused = False
+        previous = ws.assembler
+        ws.assembler = self  # type: ignore[assignment]
+        # A message that arrived before the handler started waits in Sanic's assembler.
+        if previous.message_complete.is_set():
+            joiner: str | bytes = "" if previous.decoder is not None else b""
+            self._push(joiner.join(previous.chunks))  # type: ignore[arg-type]
+            previous.message_complete.clear()
+            previous.chunks = []
+            previous.message_fetched.set()
+
+    async def put(self, frame: Frame) -> None:
+        """Called by Sanic for each data frame, in order; never waits."""
+        if frame.opcode is not Opcode.CONT:
+            self._text = frame.opcode is Opcode.TEXT
+            self._chunks = []
+        self._chunks.append(frame.data)
+        if frame.fin:
+            data = b"".join(self._chunks)
+            self._chunks = []
+            if self._text:
+                try:
+                    self._push(data.decode())
+                    return
+                except UnicodeDecodeError:
+                    pass  # answered as a bad (binary) frame
+            self._push(data)
+
+    def _push(self, message: str | bytes) -> None:
+        self._messages.append(message)
+        self._ready.set()
+        if len(self._messages) >= self._limit and not self._paused and self._transport:
+            self._transport.pause_reading()
+            self._paused = True
+
+    async def get(self) -> str | bytes:
+        while not self._messages:
+            self._ready.clear()
+            await self._ready.wait()
+        message = self._messages.popleft()
+        if self._paused and len(self._messages) < self._limit // 2 and self._transport:
+            self._transport.resume_reading()
+            self._paused = False
+        return message
+
+    def drain(self) -> list[str | bytes]:
+        """What is left once the socket is gone."""
+        left = list(self._messages)
+        self._messages.clear()
+        return left
+
+
 @bp.websocket(f"/rooms/<room:{ROOM_PATTERN}>/socket")
 async def socket(request: Request, ws: WebsocketImplProtocol, room: str) -> None:
     """Welcome, then relay the client's ``say`` and ``typing`` until either side closes."""
     user = current_user(request)
     assert user is not None  # check_handshake refused the upgrade otherwise
     engine: Engine = request.app.ctx.engine
+    inbox = Inbox(ws)
     try:
         sub = await engine.subscribe(room_name(room), user, WebSocketSink(ws),
                                      request.args.get("since") or None)
@@ -81,9 +152,16 @@ async def socket(request: Request, ws: WebsocketImplProtocol, room: str) -> None
     max_length = settings_of(request).max_message_length
     try:
         while True:
-            data = await ws.recv()
-            if data is None:
-                continue
+            await handle(engine, sub, await inbox.get(), max_length)
+    finally:
+        # Sanic cancels this handler when the connection closes; finish in a task of our own.
+        await asyncio.shield(finish(engine, sub, inbox, max_length))
+
+
+async def finish(engine: Engine, sub: Subscription, inbox: Inbox, max_length: int) -> None:
+    """Publish what the client sent before it closed, then leave the room."""
+    try:
+        for data in inbox.drain():
             await handle(engine, sub, data, max_length)
     finally:
         await engine.cancel(sub)

@@ -8,20 +8,19 @@ import os
 import signal
 import stat
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from typer.testing import CliRunner
+from websockets.exceptions import ConnectionClosed
 
 from revchat import __version__
 from revchat.cli import cli
 from revchat.config import OPTIONS, Settings, ensure_secret_key, load
 from tests.live import connect, frame, free_socket, sign_in
+from tests.process import SCRIPT, serve
 
-SCRIPT = str(Path(sys.executable).parent / "revchat")
 runner = CliRunner()
 
 
@@ -161,64 +160,24 @@ def test_console_script_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = subprocess.Popen(
-        [SCRIPT, "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        wait_healthy(port, proc)
-        yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        if proc.stdout:
-            proc.stdout.close()
-
-
-def wait_healthy(port: int, proc: subprocess.Popen[str]) -> None:
-    """Wait for /healthz (connection refused until the server listens)."""
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise AssertionError(f"revchat serve exited early: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(0.05)  # also notices an early exit
-    raise AssertionError("revchat serve did not become healthy")
-
-
-def test_console_script_serves_and_stops_on_sigterm(
-    served: tuple[subprocess.Popen[str], int], tmp_path: Path
-) -> None:
+def test_console_script_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     """`revchat serve` serves the page and the socket; SIGTERM closes sockets with 1001, exit 0."""
-    proc, port = served
-    assert 'action="/auth/guest"' in httpx.get(f"http://127.0.0.1:{port}/").text
-    assert (tmp_path / "data" / "secret_key").exists()
+    with serve("--data-dir", str(tmp_path / "data"), log=tmp_path / "log") as served:
+        assert 'action="/auth/guest"' in httpx.get(served.url).text
+        assert (tmp_path / "data" / "secret_key").exists()
 
-    async def scenario() -> tuple[int | None, str | None]:
-        cookie = await sign_in(f"http://127.0.0.1:{port}", "Ann")
-        async with connect(port, "lobby", cookie) as ws:
-            assert (await frame(ws))["type"] == "welcome"
-            proc.send_signal(signal.SIGTERM)
-            try:
-                while True:
-                    await frame(ws, timeout=10)
-            except Exception:
-                pass
-            return ws.close_code, ws.close_reason
+        async def scenario() -> tuple[int | None, str | None]:
+            cookie = await sign_in(served.url, "Ann")
+            async with connect(served.port, "lobby", cookie) as ws:
+                assert (await frame(ws))["type"] == "welcome"
+                served.proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(ConnectionClosed):
+                    while True:
+                        await frame(ws, timeout=10)
+                return ws.close_code, ws.close_reason
 
-    code, reason = asyncio.run(scenario())
-    assert (code, reason) == (1001, "server shutting down")
-    assert proc.wait(15) == 0
-    output = proc.stdout.read() if proc.stdout else ""
+        assert asyncio.run(scenario()) == (1001, "server shutting down")
+        assert served.proc.wait(15) == 0
+    output = served.output()
     assert "guest sign-in is on" in output
     assert "Traceback" not in output, output

@@ -391,3 +391,21 @@ async def test_peer_that_never_answers_pings_is_closed(tmp_path: Path) -> None:
             with pytest.raises(ConnectionClosed):
                 while True:
                     await asyncio.wait_for(ws.recv(), 10)
+
+
+async def test_messages_sent_just_before_closing_are_published(tmp_path: Path) -> None:
+    """A client that sends a burst and closes at once still has every message published."""
+    async with live_server(make_settings(tmp_path, rate=0.0)) as live:
+        cookie = await live.sign_in("Ann")
+        async with live.connect("lobby", cookie) as ws:
+            await frame(ws)
+            for i in range(100):
+                await say(ws, f"m{i}")
+        async with live.connect("lobby", await live.sign_in("Bob")) as watcher:
+            welcome = await frame(watcher)
+            got = [e["text"] for e in welcome["archive"] if e["type"] == "message"]
+            while "m99" not in got:  # the last one, in the archive or live
+                got.append((await frame_of(watcher, "message"))["text"])
+        # the archive shows only the newest; the history holds them all, in order
+        stored = await live.engine.broker.history.recent("lobby", 500)
+        assert [e.text for e in stored if e.type == "message"] == [f"m{i}" for i in range(100)]
