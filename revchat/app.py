@@ -12,7 +12,7 @@ from sanic import HTTPResponse, Request, Sanic, json
 from sanic.exceptions import SanicException
 from sanic_ext import Config as ExtConfig
 
-from revchat import auth, ops, pages, socket
+from revchat import auth, facebook, ops, pages, socket
 from revchat.broker import BrokerUnavailable, open_broker
 from revchat.config import Settings
 from revchat.engine import Engine, Limits
@@ -67,10 +67,6 @@ def create_app(settings: Settings, name: str = "revchat") -> App:
 
 def setup_facebook(app: App, settings: Settings) -> None:
     """Mount Facebook sign-in (and its data-deletion callback) when it is configured."""
-    try:
-        from revchat import facebook
-    except ImportError:  # pragma: no cover - the module ships with revchat
-        return
     facebook.setup(app, settings)
 
 

@@ -48,5 +48,5 @@ async def logout(request: Request) -> HTTPResponse:
     """End the session and go back to the sign-in page."""
     require_same_origin(request)
     response = redirect("/")
-    end_session(response)
+    end_session(request, response)
     return response

@@ -50,8 +50,9 @@ def start_session(request: Request, response: HTTPResponse, user: User) -> None:
     _set_cookie(request, response, SESSION_COOKIE, session_token(signer, user), SESSION_MAX_AGE)
 
 
-def end_session(response: HTTPResponse) -> None:
-    response.delete_cookie(SESSION_COOKIE, path="/")
+def end_session(request: Request, response: HTTPResponse) -> None:
+    # Not delete_cookie(): Sanic marks the deletion Secure, which plain-http browsers ignore.
+    _set_cookie(request, response, SESSION_COOKIE, "", 0)
 
 
 def _set_cookie(request: Request, response: HTTPResponse, name: str, value: str, max_age: int) -> None:

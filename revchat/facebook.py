@@ -1,0 +1,326 @@
+"""Sign in with Facebook (SPEC §3) and Facebook's data-deletion callback.
+
+The seed trusted a constant ``state`` and ignored HTTP errors. Here:
+
+* ``GET /auth/facebook`` sends the browser to the login dialog with a fresh random ``state`` and a
+  PKCE S256 challenge; both secrets wait in a signed cookie that lives ten minutes.
+* ``GET /auth/facebook/callback`` checks the state, exchanges the code (client secret and PKCE
+  verifier in the body), reads ``/me?fields=id,name,picture`` and starts the session as
+  ``fb:<id>``. Any failure shows the sign-in page with a readable message (400 for what the
+  user did, 502 for what Facebook did), logs one line and starts no session.
+* ``POST /auth/facebook/data-deletion`` verifies Facebook's ``signed_request``, anonymises the
+  user in history and answers the status URL ``GET /auth/facebook/deletion?code=...`` serves.
+
+Every URL comes from the settings, so tests and staging point it at another provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import time
+import unicodedata
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import httpx
+from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
+from sanic import Blueprint, HTTPResponse, Request, Sanic, redirect
+from sanic import json as json_response
+from sanic.exceptions import NotFound
+
+from revchat.config import Settings
+from revchat.events import User
+from revchat.history import History
+from revchat.sessions import Signer
+from revchat.web import page, set_short_cookie, settings_of, start_session
+
+log = logging.getLogger("revchat.facebook")
+
+bp = Blueprint("facebook", url_prefix="/auth/facebook")
+
+OAUTH_COOKIE = "revchat_oauth"
+OAUTH_MAX_AGE = 600
+SCOPE = "public_profile"
+# Facebook answers in well under a second; a stuck request must not hold the browser for long.
+TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+TOTAL_TIMEOUT = 20.0
+MAX_NAME = 100
+FB_ID = re.compile(r"[0-9]{1,32}")
+DELETION_CODE = re.compile(r"([0-9a-f]{8})([0-9a-f]{12})([0-9a-f]{12})")
+
+
+class SignInFailed(Exception):
+    """The callback cannot sign the user in: ``message`` is for them, ``detail`` for the log."""
+
+    def __init__(self, status: int, message: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.message = message
+        self.detail = detail
+
+
+def setup(app: Sanic[Any, Any], settings: Settings) -> None:
+    """Mount the routes. They always exist and answer 404 while Facebook is not configured, so
+    a half-configured server says why instead of showing a bare "not found"."""
+    app.ctx.oauth_signer = Signer(settings.secret_key, "oauth")
+    app.blueprint(bp)
+
+    async def open_tls(app: Sanic[Any, Any]) -> None:
+        # Building a TLS context reads the trust store: ~0.1 s of CPU that would stall every
+        # room of the worker if each sign-in paid it. One per worker, shared by the clients.
+        app.ctx.facebook_tls = httpx.create_ssl_context() if settings.facebook else None
+
+    app.register_listener(open_tls, "before_server_start")
+
+
+def _configured(request: Request) -> Settings:
+    settings = settings_of(request)
+    if not settings.facebook:
+        raise NotFound("Facebook sign-in is not configured")
+    return settings
+
+
+def redirect_uri(settings: Settings) -> str:
+    """The callback URL to register with Facebook: ``<public-url>/auth/facebook/callback``."""
+    return f"{settings.public_url}/auth/facebook/callback"
+
+
+def _client(request: Request, settings: Settings) -> AsyncOAuth2Client:
+    # A client per sign-in: fetch_token() stores the user's access token on the client.
+    return AsyncOAuth2Client(
+        client_id=settings.fb_client_id, client_secret=settings.fb_client_secret,
+        token_endpoint_auth_method="client_secret_post", scope=SCOPE,
+        redirect_uri=redirect_uri(settings), code_challenge_method="S256", timeout=TIMEOUT,
+        verify=request.app.ctx.facebook_tls,
+    )
+
+
+@bp.get("/")
+async def login(request: Request) -> HTTPResponse:
+    """302 to Facebook's login dialog with a fresh state and PKCE challenge kept in a cookie."""
+    settings = _configured(request)
+    state, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(48)
+    async with _client(request, settings) as client:
+        url, _ = client.create_authorization_url(
+            f"{settings.fb_dialog_url}/{settings.fb_graph_version}/dialog/oauth",
+            state=state, code_verifier=verifier,
+        )
+    response = redirect(str(url), headers={"cache-control": "no-store"})
+    signer: Signer = request.app.ctx.oauth_signer
+    set_short_cookie(request, response, OAUTH_COOKIE,
+                     signer.dumps({"state": state, "verifier": verifier}), OAUTH_MAX_AGE)
+    return response
+
+
+@bp.get("/callback")
+async def callback(request: Request) -> HTTPResponse:
+    """Start the session of the Facebook user and 302 to ``/``; the sign-in page on failure."""
+    settings = _configured(request)
+    try:
+        user = await _sign_in(request, settings)
+    except SignInFailed as failed:
+        log.warning("Facebook sign-in failed: %s", failed.detail)
+        response = await page(request, "index.html", status=failed.status, error=failed.message)
+    else:
+        log.info("%s signed in with Facebook", user.id)
+        response = redirect("/", headers={"cache-control": "no-store"})
+        start_session(request, response, user)
+    # One state, one attempt: a replayed callback finds no cookie. (Not delete_cookie(): it
+    # marks the deletion Secure, which browsers ignore from a plain-http origin.)
+    set_short_cookie(request, response, OAUTH_COOKIE, "", 0)
+    return response
+
+
+async def _sign_in(request: Request, settings: Settings) -> User:
+    code, verifier = _checked_callback(request)
+    try:
+        # httpx's timeouts bound each step; this bounds the whole (a server dripping bytes).
+        async with asyncio.timeout(TOTAL_TIMEOUT):
+            me = await _fetch_profile(request, settings, code, verifier)
+    except TimeoutError as exc:
+        _unreachable(exc)
+    return _profile_user(me)
+
+
+def _checked_callback(request: Request) -> tuple[str, str]:
+    """The code and the PKCE verifier of a callback that belongs to this browser's sign-in."""
+    args = request.args
+    if args.get("error"):
+        if args.get("error") == "access_denied":
+            raise SignInFailed(400, "You cancelled the Facebook sign-in.", "the user cancelled")
+        _provider_failed(f"the dialog answered error={_short(args.get('error'))} "
+                         f"({_short(args.get('error_description'))})")
+    signer: Signer = request.app.ctx.oauth_signer
+    saved = signer.loads(request.cookies.get(OAUTH_COOKIE), OAUTH_MAX_AGE)
+    if saved is None:
+        raise SignInFailed(400, "Your Facebook sign-in took too long or your browser did not keep "
+                           "its cookie. Please try again.", "no valid state cookie")
+    expected = str(saved.get("state"))
+    # Bytes: compare_digest() refuses str with non-ASCII characters, which anyone can send.
+    if not hmac.compare_digest(str(args.get("state", "")).encode(), expected.encode()):
+        raise SignInFailed(400, "This Facebook sign-in link does not belong to your browser. "
+                           "Please try again.", "the state does not match the cookie")
+    code = args.get("code")
+    if not code:
+        raise SignInFailed(400, "Facebook did not send a sign-in code. Please try again.",
+                           "no code in the callback")
+    return str(code), str(saved.get("verifier"))
+
+
+async def _fetch_profile(request: Request, settings: Settings, code: str,
+                         verifier: str) -> Any:
+    """Exchange the code for a token and read ``/me``: the decoded JSON answer."""
+    api = f"{settings.fb_api_url}/{settings.fb_graph_version}"
+    async with _client(request, settings) as client:
+        try:
+            token = await client.fetch_token(f"{api}/oauth/access_token", code=code,
+                                             code_verifier=verifier)
+        except OAuthError as exc:  # Facebook's 4xx JSON error ({"error": {...}}).
+            _provider_failed(f"the token endpoint refused the code: {_short(exc.error)}")
+        except httpx.HTTPStatusError as exc:
+            _provider_failed(f"the token endpoint answered HTTP {exc.response.status_code}")
+        except httpx.HTTPError as exc:
+            _unreachable(exc)
+        except ValueError:
+            _provider_failed("the token endpoint answered something other than JSON")
+        access_token = token.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            _provider_failed("the token endpoint answered no access_token")
+        # appsecret_proof: Facebook accepts it always and demands it when the app has
+        # "Require App Secret" on, which makes a leaked token useless without the secret.
+        proof = hmac.new(settings.fb_client_secret.encode(), access_token.encode(),
+                         hashlib.sha256).hexdigest()
+        try:
+            response = await client.get(f"{api}/me", params={
+                "fields": "id,name,picture", "appsecret_proof": proof})
+        except OAuthError as exc:  # authlib refused the token (expired, unknown token_type).
+            _provider_failed(f"the access token is unusable: {_short(exc.error)}")
+        except httpx.HTTPError as exc:
+            _unreachable(exc)
+    if response.status_code != 200:
+        _provider_failed(f"/me answered HTTP {response.status_code}: {_short(response.text)}")
+    try:
+        return response.json()
+    except ValueError:
+        _provider_failed("/me answered something other than JSON")
+
+
+def _profile_user(me: Any) -> User:
+    """The session user for a ``/me`` answer: ``fb:<id>``, the name, the picture if https."""
+    if not isinstance(me, dict) or not FB_ID.fullmatch(str(me.get("id", ""))):
+        _provider_failed(f"/me answered no usable id: {_short(me)}")
+    spaced = " ".join(str(me.get("name") or "").split())
+    name = "".join(c for c in spaced if unicodedata.category(c) != "Cc")[:MAX_NAME]
+    picture = me.get("picture")
+    data = picture.get("data") if isinstance(picture, dict) else None
+    url = data.get("url") if isinstance(data, dict) else None
+    # The page's CSP allows https images only; anything else would show as a broken image.
+    avatar = url if isinstance(url, str) and url.startswith("https://") else None
+    return User(id=f"fb:{me['id']}", name=name or "Facebook user", avatar=avatar)
+
+
+def _provider_failed(detail: str) -> NoReturn:
+    raise SignInFailed(502, "Facebook could not sign you in just now. Please try again later.",
+                       detail)
+
+
+def _unreachable(exc: Exception) -> NoReturn:
+    raise SignInFailed(502, "revchat could not reach Facebook. Please try again in a moment.",
+                       f"Facebook unreachable: {type(exc).__name__}: {_short(str(exc))}")
+
+
+def _short(value: Any) -> str:
+    """A value for a log line: repr'd (no forged line breaks) and cut short."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+# -- data deletion -------------------------------------------------------------------------------
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+
+
+def signed_request_user(signed_request: str, app_secret: str) -> str | None:
+    """The ``user_id`` of a valid ``base64url(sig).base64url(payload)``, or None.
+
+    The signature is HMAC-SHA256 of the payload part with the app secret, compared in constant
+    time before the payload is parsed; the payload's algorithm must be HMAC-SHA256.
+    """
+    sig_part, dot, payload_part = signed_request.partition(".")
+    if not dot or len(signed_request) > 8192:
+        return None
+    try:
+        signature = _unb64(sig_part)
+        expected = hmac.new(app_secret.encode(), payload_part.encode("ascii"),
+                            hashlib.sha256).digest()
+        if not hmac.compare_digest(signature, expected):
+            return None
+        payload = json.loads(_unb64(payload_part))
+    except (ValueError, binascii.Error):
+        return None
+    if not isinstance(payload, dict) or str(payload.get("algorithm", "")).upper() != "HMAC-SHA256":
+        return None
+    user_id = str(payload.get("user_id", ""))
+    return user_id if FB_ID.fullmatch(user_id) else None
+
+
+def _code_mac(settings: Settings, body: str) -> str:
+    key = f"revchat|fb-deletion|{settings.secret_key}".encode()
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()[:12]
+
+
+def deletion_code(settings: Settings, user_id: str, now: float | None = None) -> str:
+    """A confirmation code that needs no storage: the time in hex, a keyed hash of the user (the
+    code is shown to people, the Facebook id is not) and a MAC over both."""
+    body = f"{int(time.time() if now is None else now):08x}{_code_mac(settings, 'user|' + user_id)}"
+    return body + _code_mac(settings, body)
+
+
+def deletion_time(settings: Settings, code: str) -> datetime | None:
+    """When the deletion a code confirms was done, or None for a code this server did not issue."""
+    match = DELETION_CODE.fullmatch(code)
+    if match is None or not hmac.compare_digest(match[3], _code_mac(settings, match[1] + match[2])):
+        return None
+    return datetime.fromtimestamp(int(match[1], 16), UTC)
+
+
+@bp.post("/data-deletion")
+async def data_deletion(request: Request) -> HTTPResponse:
+    """Facebook's data deletion callback: anonymise the user, answer the status URL and code.
+
+    Facebook's servers call it, not a browser, so no Origin check: the signature is the proof.
+    """
+    settings = _configured(request)
+    raw = request.form.get("signed_request") if request.form else None
+    user_id = signed_request_user(raw or "", settings.fb_client_secret)
+    if user_id is None:
+        log.warning("data deletion refused: signed_request missing, malformed or forged")
+        return json_response({"error": "invalid signed_request"}, status=400)
+    history: History = request.app.ctx.engine.broker.history
+    count = await history.forget_user(f"fb:{user_id}")
+    code = deletion_code(settings, user_id)
+    log.info("data deletion %s: anonymised %d stored events", code, count)
+    return json_response({"url": f"{settings.public_url}/auth/facebook/deletion?code={code}",
+                          "confirmation_code": code})
+
+
+@bp.get("/deletion")
+async def deletion_status(request: Request) -> HTTPResponse:
+    """The status page a deletion's URL names; 404 for a code this server did not issue."""
+    settings = _configured(request)
+    code = str(request.args.get("code", ""))
+    done = deletion_time(settings, code)
+    if done is None:
+        raise NotFound("no data deletion has this confirmation code")
+    return await page(request, "deletion.html", code=code,
+                      done=done.strftime("%Y-%m-%d %H:%M UTC"))
