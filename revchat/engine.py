@@ -24,6 +24,7 @@ from typing import Protocol
 
 from revchat.broker import Broker, BrokerUnavailable
 from revchat.events import Draft, Event, User, id_key, typing_frame, welcome_frame
+from revchat.history import FORGOTTEN_NAME
 from revchat.protocol import RateLimiter
 
 log = logging.getLogger("revchat.engine")
@@ -387,6 +388,21 @@ class Engine:
 
     def _now(self) -> int:
         return int(self.clock() * 1000)
+
+    async def forget_user(self, user_id: str) -> int:
+        """Anonymise a user's name and avatar in the store and in the rooms held here
+        (Facebook's data deletion); return how many stored events changed."""
+        count = await self.broker.history.forget_user(user_id)
+        anonymous = User(user_id, FORGOTTEN_NAME, None)
+        for room in self.rooms.values():
+            room.recent = [
+                Event(e.type, e.id, e.room, anonymous, e.timestamp, e.text)
+                if e.user.id == user_id else e
+                for e in room.recent
+            ]
+            if user_id in room.members:
+                room.members[user_id] = anonymous
+        return count
 
     # -- introspection ----------------------------------------------------------------------
 

@@ -37,8 +37,8 @@ from sanic import json as json_response
 from sanic.exceptions import NotFound
 
 from revchat.config import Settings
+from revchat.engine import Engine
 from revchat.events import User
-from revchat.history import History
 from revchat.sessions import Signer
 from revchat.web import page, set_short_cookie, settings_of, start_session
 
@@ -306,8 +306,8 @@ async def data_deletion(request: Request) -> HTTPResponse:
     if user_id is None:
         log.warning("data deletion refused: signed_request missing, malformed or forged")
         return json_response({"error": "invalid signed_request"}, status=400)
-    history: History = request.app.ctx.engine.broker.history
-    count = await history.forget_user(f"fb:{user_id}")
+    engine: Engine = request.app.ctx.engine
+    count = await engine.forget_user(f"fb:{user_id}")
     code = deletion_code(settings, user_id)
     log.info("data deletion %s: anonymised %d stored events", code, count)
     return json_response({"url": f"{settings.public_url}/auth/facebook/deletion?code={code}",

@@ -197,3 +197,20 @@ async def test_close_sends_1001_and_refuses_newcomers(engine: Engine) -> None:
     assert sink.closed == (1001, "server shutting down")
     with pytest.raises(Closing):
         await engine.subscribe("lobby", BOB, Sink())
+
+
+async def test_forget_user_anonymises_store_and_open_rooms(engine: Engine) -> None:
+    """Data deletion reaches the store and the archive of rooms held open right now."""
+    watcher = Sink()
+    ann = await engine.subscribe("lobby", ANN, Sink())
+    await engine.subscribe("lobby", BOB, watcher)
+    await engine.say(ann, "hello")
+    assert await engine.forget_user(ANN.id) == 2  # join + message
+    late = Sink()
+    await engine.subscribe("lobby", BOB, late)
+    welcome = (await late.wait_for(1))[0]
+    names = {e["user"]["name"] for e in welcome["archive"] if e["user"]["id"] == ANN.id}
+    assert names == {"Deleted user"}
+    assert [m["name"] for m in welcome["members"] if m["id"] == ANN.id] == ["Deleted user"]
+    stored = await engine.broker.history.recent("lobby", 10)
+    assert all(e.user.name == "Deleted user" for e in stored if e.user.id == ANN.id)
