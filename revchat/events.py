@@ -103,7 +103,7 @@ def id_key(event_id: str) -> tuple[int, ...] | None:
     Ids are opaque to clients; inside revchat they compare by this key.
     """
     parts = event_id.split("-")
-    if not 1 <= len(parts) <= 2 or not all(p.isdigit() and len(p) <= 20 for p in parts):
+    if not 1 <= len(parts) <= 2 or not all(p.isascii() and p.isdigit() and len(p) <= 20 for p in parts):
         return None
     return tuple(int(p) for p in parts) + (0,) * (2 - len(parts))
 

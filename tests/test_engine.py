@@ -214,3 +214,12 @@ async def test_forget_user_anonymises_store_and_open_rooms(engine: Engine) -> No
     assert [m["name"] for m in welcome["members"] if m["id"] == ANN.id] == ["Deleted user"]
     stored = await engine.broker.history.recent("lobby", 10)
     assert all(e.user.name == "Deleted user" for e in stored if e.user.id == ANN.id)
+
+
+def test_malformed_ids_have_no_key() -> None:
+    """Ids that are not one or two ASCII numbers are malformed (never a crash)."""
+    from revchat.events import id_key
+
+    assert id_key("42") == (42, 0) and id_key("1764489600123-7") == (1764489600123, 7)
+    for bad in ("", "-", "1-2-3", "x", "²", "1e5", " 1", "9" * 21):
+        assert id_key(bad) is None

@@ -1,0 +1,135 @@
+"""How many events per second the SQLite history persists behind the in-process broker.
+
+Many publishers call ``MemoryBroker.publish`` at once, so the broker's group commit forms batches;
+a listener counts what is delivered (each event is delivered only after its batch committed). The
+``memory`` row runs the same load without a disk, to show what the broker itself costs.
+
+    python benchmarks/history.py --events 200000 --rooms 10 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from revchat.broker import MemoryBroker
+from revchat.events import Draft, Event, User
+from revchat.history import History, MemoryHistory
+from revchat.sqlite import SQLiteHistory
+
+
+class Counter:
+    """The broker's listener: counts deliveries and the batches they came in."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.batches: list[int] = []
+
+    def deliver(self, events: Sequence[Event]) -> None:
+        self.delivered += len(events)
+        self.batches.append(len(events))
+
+    def relay(self, room: str, user: User) -> None:
+        pass
+
+
+async def publisher(broker: MemoryBroker, index: int, count: int, rooms: int, text: str) -> None:
+    user = User(f"guest:p{index}", f"Publisher {index}")
+    for n in range(count):
+        room = f"room{(index + n) % rooms}"
+        await broker.publish(Draft("message", room, user, int(time.time() * 1000), text))
+
+
+async def run(backend: str, args: argparse.Namespace, directory: str) -> dict[str, Any]:
+    path = os.path.join(directory, f"bench-{backend}.db")
+    history: History = SQLiteHistory(path) if backend == "sqlite" else MemoryHistory()
+    await history.open()
+    broker = MemoryBroker(history)
+    counter = Counter()
+    broker.listener = counter
+    await broker.open()
+    per = args.events // args.publishers
+    total = per * args.publishers
+    text = "x" * args.text_size
+    start, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(publisher(broker, i, per, args.rooms, text)
+                           for i in range(args.publishers)))
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    await broker.close()
+    await history.close()
+    stored = total
+    if backend == "sqlite":
+        with sqlite3.connect(path) as conn:  # read back what is really on disk
+            stored = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        conn.close()
+    assert counter.delivered == total == stored, (counter.delivered, total, stored)
+    batches = counter.batches
+    return {
+        "backend": backend, "events": total, "rooms": args.rooms,
+        "publishers": args.publishers, "seconds": round(elapsed, 3),
+        "events_per_second": round(total / elapsed),
+        # CPU seconds of this process (both threads): steadier than wall time on a busy machine.
+        "cpu_seconds": round(cpu, 3), "events_per_cpu_second": round(total / cpu),
+        "batches": len(batches),
+        "mean_batch": round(total / len(batches), 1), "max_batch": max(batches),
+    }
+
+
+async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per backend: the median of ``--repeat`` runs (a shared machine is noisy)."""
+    results = []
+    for backend in args.backends:
+        runs = []
+        for _ in range(args.repeat):
+            with tempfile.TemporaryDirectory(dir=args.dir) as directory:
+                runs.append(await run(backend, args, directory))
+        runs.sort(key=lambda r: r["events_per_second"])
+        rates = [r["events_per_second"] for r in runs]
+        results.append({**runs[len(runs) // 2], "runs": len(runs), "min_eps": rates[0],
+                        "max_eps": rates[-1]})
+    return results
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    columns = ["backend", "events", "rooms", "publishers", "seconds", "events_per_second",
+               "min_eps", "max_eps", "events_per_cpu_second", "runs", "mean_batch"]
+    widths = [max(len(c), *(len(str(r[c])) for r in results)) for c in columns]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(str(r[c]).rjust(w) for c, w in zip(columns, widths, strict=True))
+              for r in results]
+    return "\n".join(lines)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--rooms", type=int, default=10)
+    parser.add_argument("--publishers", type=int, default=1000,
+                        help="concurrent publishing tasks (each awaits its event before the next)")
+    parser.add_argument("--text-size", type=int, default=100, help="characters per message")
+    parser.add_argument("--backends", nargs="+", default=["sqlite", "memory"],
+                        choices=["sqlite", "memory"])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per backend; median shown")
+    parser.add_argument("--dir", default=None, help="where the database goes (default: tmp)")
+    parser.add_argument("--json", default=None, help="write the results here")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    arguments = parse(sys.argv[1:])
+    results = asyncio.run(main(arguments))
+    print(table(results))
+    if arguments.json:
+        report = {"benchmark": "history", "python": platform.python_version(),
+                  "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count(), "results": results}
+        with open(arguments.json, "w") as out:
+            json.dump(report, out, indent=2)
