@@ -9,6 +9,7 @@ once; the broker's publishing loop is what groups concurrent messages into batch
 from __future__ import annotations
 
 import itertools
+import time
 from abc import ABC, abstractmethod
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Sequence
@@ -76,7 +77,9 @@ class MemoryHistory(History):
     def __init__(self, keep: int = 1000) -> None:
         self.keep = max(1, keep)
         self._rooms: dict[str, deque[Event]] = defaultdict(lambda: deque(maxlen=self.keep))
-        self._ids = itertools.count(1)
+        # Ids start from the clock, so a client resuming with an id from before a restart
+        # never matches an unrelated event of this process.
+        self._ids = itertools.count(time.time_ns() // 1000)
 
     async def append(self, drafts: Sequence[Draft]) -> list[Event]:
         events = [Event.stored(d, str(next(self._ids))) for d in drafts]

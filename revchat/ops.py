@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -30,6 +31,7 @@ async def healthz(request: Request) -> HTTPResponse:
         "history": engine.broker.history.name,
         "connections": engine.connections,
         "rooms": len(engine.rooms),
+        "worker": os.getpid(),
     }
     if problem is not None:
         return json({"status": "unavailable", "problem": problem, **body}, status=503)

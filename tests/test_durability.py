@@ -141,7 +141,7 @@ def test_history_endpoint_pages_backwards(tmp_path: Path) -> None:
         page = httpx.get(f"{served.url}/rooms/lobby/history",
                          params={"before": page["events"][0]["id"], "limit": 50},
                          headers=headers).json()
-        assert [e["type"] for e in page["events"]][0] == "join" and page["more"] is False
+        assert page["events"][0]["type"] == "join" and page["more"] is False
 
 
 def test_history_export_and_purge_commands(tmp_path: Path) -> None:
