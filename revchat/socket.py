@@ -9,6 +9,7 @@ serves every subscriber, and the engine bounds what each may hold back (1013).
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections import deque
 
@@ -20,11 +21,13 @@ from websockets.frames import Frame, Opcode
 from revchat.broker import BrokerUnavailable
 from revchat.engine import Closing, Engine, RateLimited, Subscription
 from revchat.events import ErrorCode, error_frame
+from revchat.history import HistoryUnavailable
 from revchat.pages import room_name
 from revchat.protocol import BadFrame, Say, parse
 from revchat.web import ROOM_PATTERN, current_user, origin_allowed, settings_of
 
 bp = Blueprint("socket")
+log = logging.getLogger("revchat.socket")
 
 _SHORT = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
@@ -148,6 +151,11 @@ async def socket(request: Request, ws: WebsocketImplProtocol, room: str) -> None
                                      request.args.get("since") or None)
     except Closing:
         await ws.close(1001, "server shutting down")
+        return
+    except (BrokerUnavailable, HistoryUnavailable) as exc:
+        # The page retries with backoff; 1013 is "try again later".
+        log.warning("socket for %s refused: %s", room, exc)
+        await ws.close(1013, "service unavailable, try again later")
         return
     max_length = settings_of(request).max_message_length
     try:

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "revchat"
 CORE = ["revchat.engine", "revchat.broker", "revchat.history", "revchat.events",
         "revchat.protocol", "revchat.sessions", "revchat.config", "revchat.sqlite",
-        "revchat.redis_broker"]
+        "revchat.redis_broker", "revchat.redis_history", "revchat.redis_presence"]
 
 
 @pytest.mark.parametrize("module", CORE)

@@ -1,0 +1,371 @@
+"""The Redis broker: rooms shared by every worker and machine (``--broker redis://HOST:PORT/DB``).
+
+Each room is a Redis stream (:mod:`revchat.redis_history`): publishing is an XADD, and one reader
+task per worker XREADs the streams of the rooms it holds, so every worker delivers a room's events
+in the stream's one order. Other keys, under the same prefix:
+
+* ``{p}:typing`` — pub/sub channel of typing notices (best effort, never stored).
+* ``{p}:wake:{worker}`` — a one-entry stream the worker's reader also waits on, written to wake
+  it when it starts holding a room.
+* presence across workers: see :mod:`revchat.redis_presence`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from revchat.broker import Broker, BrokerUnavailable
+from revchat.events import Draft, Event, User, dumps
+from revchat.history import HistoryUnavailable
+from revchat.redis_history import RedisHistory, entries, one_line, room_key
+from revchat.redis_presence import Change, Presence
+
+log = logging.getLogger("revchat.redis")
+
+ERRORS = (RedisError, OSError)
+
+
+class RedisBroker(Broker):
+    """Publishes to room streams, reads the held rooms' streams, keeps presence across workers.
+
+    ``heartbeat`` is how long a silent worker's sockets stay counted (refreshed every third of
+    it); ``timeout`` bounds every Redis command, so a publish fails within it when Redis is gone.
+    """
+
+    name = "redis"
+    block = 2.0
+    """Seconds an XREAD waits for new events before it is sent again."""
+    read_count = 1000
+    max_batch = 1000
+    retry_min = 0.1
+    retry_max = 5.0
+
+    def __init__(self, url: str, *, prefix: str = "revchat", maxlen: int = 0,
+                 heartbeat: float = 15.0, timeout: float = 5.0) -> None:
+        super().__init__()
+        parts = urlsplit(url)
+        self.where = f"{parts.scheme}://{parts.hostname or 'localhost'}:{parts.port or 6379}" + (
+            parts.path if parts.path not in ("", "/") else "")
+        self.address = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+        self.prefix = prefix
+        self.heartbeat = heartbeat
+        self.timeout = timeout
+        self.worker = secrets.token_hex(8)
+        # Errors reach this class at once: it retries with its own backoff, and a blind retry of
+        # an XADD whose reply was lost would store the message twice.
+        options: dict[str, Any] = {"decode_responses": True, "protocol": 2,
+                                   "socket_connect_timeout": timeout, "socket_keepalive": True,
+                                   "retry": Retry(NoBackoff(), 0)}
+        self._redis = Redis.from_url(url, socket_timeout=timeout, **options)
+        # The reader's XREAD blocks on its own connections, so nothing queues behind it.
+        self._reader = Redis.from_url(url, socket_timeout=timeout + self.block, **options)
+        self.history: RedisHistory = RedisHistory(self._redis, where=self.where, prefix=prefix,
+                                                  maxlen=maxlen)
+        self.presence = Presence(self._redis, prefix=prefix, worker=self.worker,
+                                 heartbeat=heartbeat)
+        self._positions: dict[str, str] = {}
+        self._wake = f"{prefix}:wake:{self.worker}"
+        self._wake_position = "0-0"
+        self._queue: list[tuple[Draft, asyncio.Future[Event]]] = []
+        self._wakeup = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._sends: set[asyncio.Task[None]] = set()
+        self._unpublished: list[Draft] = []
+        self._failure: str | None = None
+        self._closed = False
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and register this worker; :class:`BrokerUnavailable` (one line naming
+        HOST:PORT) if Redis does not answer. Then start the publisher, reader, heartbeat and
+        typing tasks, which survive outages on their own."""
+        try:
+            await self._redis.ping()
+            await self._beat(force=True)
+        except ERRORS as exc:
+            await self._close_clients()
+            reason = one_line(exc)
+            raise BrokerUnavailable(f"cannot reach redis at {self.address}: {reason}") from None
+        for name, run in (("publisher", self._publish_loop), ("reader", self._read_loop),
+                          ("heartbeat", self._heartbeat_loop), ("typing", self._typing_loop)):
+            self._tasks[name] = asyncio.create_task(run(), name=f"revchat-redis-{name}")
+
+    async def close(self) -> None:
+        """Publish what is queued, take this worker's sockets out of presence, disconnect."""
+        self._closed = True
+        await self._stop("heartbeat")
+        with contextlib.suppress(*ERRORS):
+            # Sockets still open here are gone now: the others must see those users leave.
+            self._announce(await self.presence.leave())
+        publisher = self._tasks.get("publisher")
+        self._wakeup.set()
+        if publisher is not None:
+            await asyncio.wait((publisher,), timeout=2 * self.timeout)
+        for name in list(self._tasks):
+            await self._stop(name)
+        _fail(self._queue, "the server is shutting down")
+        self._queue.clear()
+        for task in self._sends:
+            task.cancel()
+        if self._sends:
+            await asyncio.wait(self._sends, timeout=1.0)
+        await self._close_clients()
+
+    async def _stop(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        # A cancellation can be lost inside a Redis call (on Python 3.11 redis-py's wait_for can
+        # swallow it), so cancel until the task is done; _retrying also ends once its task is
+        # no longer listed.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait((task,), timeout=1.0)
+
+    async def _close_clients(self) -> None:
+        for client in (self._reader, self._redis):
+            with contextlib.suppress(*ERRORS):
+                await client.aclose()
+
+    def problem(self) -> str | None:
+        return f"broker: {self._failure}" if self._failure else None
+
+    def _down(self, exc: BaseException | str) -> None:
+        reason = exc if isinstance(exc, str) else f"{self.where} unreachable: {one_line(exc)}"
+        if self._failure is None:
+            log.warning("redis broker: %s", reason)  # once per outage, not once per retry
+        self._failure = reason
+
+    def _up(self) -> None:
+        if self._failure is not None:
+            log.info("redis broker: %s is reachable again", self.where)
+            self._failure = None
+
+    async def _retrying(self, name: str, step: Callable[[], Awaitable[None]], *,
+                        health: bool = True) -> None:
+        """Run ``step`` forever; after a failure wait 0.1 s, doubling up to 5 s, and go on.
+
+        With ``health``, a failure sets what :meth:`problem` reports (a success clears it where
+        it really talked to Redis).
+        """
+        delay = self.retry_min
+        while self._tasks.get(name) is asyncio.current_task():
+            try:
+                await step()
+            except ERRORS as exc:
+                if health:
+                    self._down(exc)
+            except Exception:
+                log.exception("redis %s failed", name)
+            else:
+                delay = self.retry_min
+                continue
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry_max)
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    async def publish(self, draft: Draft) -> Event:
+        """Add the event to its room's stream (batched with concurrent ones); every worker's
+        reader then delivers it. Raises :class:`BrokerUnavailable` when Redis does not take it."""
+        if self._closed:
+            raise BrokerUnavailable("the server is shutting down")
+        if "publisher" not in self._tasks:
+            raise BrokerUnavailable("the redis broker is not open")
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._queue.append((draft, future))
+        self._wakeup.set()
+        return await future
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+                try:
+                    events = await self.history.append([draft for draft, _ in batch])
+                except HistoryUnavailable as exc:
+                    self._down(str(exc))
+                    _fail(batch, str(exc))
+                    continue
+                except BaseException:
+                    _fail(batch, "the server is shutting down")  # close() gave up waiting
+                    raise
+                self._up()
+                for (_, future), event in zip(batch, events, strict=True):
+                    if not future.done():
+                        future.set_result(event)
+            if self._closed:
+                return
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def subscribe(self, room: str, after: str | None) -> None:
+        """Read ``room`` from ``after`` on; the reader's XREAD in flight is woken through this
+        worker's wake stream, so the next one includes the room at once."""
+        self._positions[room] = after or "0-0"
+        if after is not None:
+            self.history.note(room, after)
+        if not self._closed:
+            task = asyncio.ensure_future(self._send_wake())
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+
+    async def _send_wake(self) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xadd(self._wake, {"w": "1"}, maxlen=1, approximate=False)
+        pipe.expire(self._wake, 3600)  # a worker that dies leaves nothing for long
+        with contextlib.suppress(*ERRORS):  # Redis is down: the reader starts over anyway
+            await pipe.execute()
+
+    def unsubscribe(self, room: str) -> None:
+        # The reader is not woken: it drops events of rooms no longer held, and its next XREAD
+        # leaves the room out.
+        self._positions.pop(room, None)
+
+    async def _read_loop(self) -> None:
+        await self._retrying("reader", self._read_once)
+
+    async def _read_once(self) -> None:
+        """One XREAD over the held rooms, from the last id delivered in each; deliver what came.
+
+        The XREAD also waits on the wake stream, which :meth:`subscribe` writes to. (Cancelling
+        the XREAD instead would be unreliable: on Python 3.11 redis-py's use of wait_for can
+        swallow a cancellation.)
+        """
+        positions = dict(self._positions)
+        streams = {room_key(self.prefix, room): pos for room, pos in positions.items()}
+        streams[self._wake] = self._wake_position
+        reply: Any = await self._reader.xread(
+            streams, count=self.read_count, block=int(self.block * 1000))  # type: ignore[arg-type]
+        self._up()
+        events: list[Event] = []
+        for key, batch in (reply.items() if isinstance(reply, dict) else reply or ()):
+            if key == self._wake and batch:
+                self._wake_position = str(batch[-1][0])
+                continue
+            room = str(key).removeprefix(room_key(self.prefix, ""))
+            if not batch or room not in positions or self._positions.get(room) != positions[room]:
+                continue  # unsubscribed (or subscribed again from elsewhere) meanwhile
+            self._positions[room] = str(batch[-1][0])
+            self.history.note(room, self._positions[room])
+            events.extend(entries(room, batch))
+        if events and self.listener is not None:
+            self.listener.deliver(events)
+
+    # -- typing -------------------------------------------------------------------------------
+
+    def typing(self, room: str, user: User) -> None:
+        if self.listener is not None:
+            self.listener.relay(room, user)  # this worker's subscribers need no round trip
+        if self._closed:
+            return
+        payload = dumps({"worker": self.worker, "room": room, "user": user.as_dict()})
+        task = asyncio.ensure_future(self._send_typing(payload))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _send_typing(self, payload: str) -> None:
+        with contextlib.suppress(*ERRORS):
+            await self._redis.publish(f"{self.prefix}:typing", payload)
+
+    async def _typing_loop(self) -> None:
+        await self._retrying("typing", self._listen_typing, health=False)
+
+    async def _listen_typing(self) -> None:
+        async with self._reader.pubsub(ignore_subscribe_messages=True) as pubsub:
+            await pubsub.subscribe(f"{self.prefix}:typing")
+            async for message in pubsub.listen():
+                try:
+                    notice = json.loads(message["data"])
+                    if notice["worker"] != self.worker and self.listener is not None:
+                        self.listener.relay(str(notice["room"]), User.from_dict(notice["user"]))
+                except (KeyError, TypeError, ValueError):
+                    continue
+
+    # -- presence ---------------------------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
+        self._down(exc)
+        return BrokerUnavailable(f"{self.where} unreachable: {one_line(exc)}")
+
+    async def connected(self, room: str, user: User) -> bool:
+        try:
+            return await self.presence.connected(room, user)
+        except ERRORS as exc:
+            raise self._unavailable(exc) from None
+
+    async def disconnected(self, room: str, user: User) -> bool:
+        try:
+            return await self.presence.disconnected(room, user)
+        except ERRORS as exc:
+            raise self._unavailable(exc) from None
+
+    async def members(self, room: str) -> list[User]:
+        try:
+            return await self.presence.members(room)
+        except ERRORS as exc:
+            raise self._unavailable(exc) from None
+
+    async def _heartbeat_loop(self) -> None:
+        async def beat() -> None:
+            await asyncio.sleep(self.heartbeat / 3)
+            await self._beat()
+
+        await self._retrying("heartbeat", beat)
+
+    async def _beat(self, *, force: bool = False) -> None:
+        """Refresh this worker's presence and sweep dead workers' (see :meth:`Presence.beat`),
+        then publish the joins and leaves that come of it, and those that failed before."""
+        changes: list[Change] = []
+        try:
+            await self.presence.beat(changes, force=force)
+            self._up()
+            retry, self._unpublished = self._unpublished, []
+            self._publish_later(retry)
+        finally:
+            self._announce(changes)
+
+    def _announce(self, changes: Sequence[Change]) -> None:
+        now = int(time.time() * 1000)
+        self._publish_later([Draft(kind, room, user, now) for kind, room, user in changes])
+
+    def _publish_later(self, drafts: Sequence[Draft]) -> None:
+        """Publish presence events nobody awaits. Redis has already counted the change, so one
+        that fails is kept and published again after the next good heartbeat: otherwise the
+        member lists would disagree with presence for good."""
+        def done(draft: Draft, future: asyncio.Future[Event]) -> None:
+            if future.cancelled() or future.exception() is None:
+                return
+            if self._closed:
+                log.warning("%s of %s in %s not published: %s", draft.type, draft.user.id,
+                            draft.room, future.exception())
+            else:
+                self._unpublished.append(draft)
+
+        for draft in drafts:
+            future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+            future.add_done_callback(functools.partial(done, draft))
+            self._queue.append((draft, future))
+        self._wakeup.set()
+
+
+def _fail(batch: Sequence[tuple[Draft, asyncio.Future[Event]]], reason: str) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(BrokerUnavailable(reason))
