@@ -22,35 +22,44 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from revchat.events import Draft, Event, User, id_key
+from revchat.events import EVENT_TYPES, Draft, Event, User, id_key
 from revchat.history import FORGOTTEN_NAME, History, HistoryUnavailable
 
 log = logging.getLogger("revchat.redis")
 
-# Adds one event with an id above ARGV[1..3], the newest id this worker has seen in the room
-# (empty: none seen). Redis's own "*" id is above the stream's top entry, but if Redis lost
-# its data (restarted empty) or its clock went back, it could be below ids clients already
-# hold; then the floor + 1 is used instead. Done in Lua so the check and the add are atomic.
+# Adds a batch of one room's events (ARGV[5..], four values each: type, user, ts, text) and
+# returns their ids. The first gets an id above ARGV[1..3], the newest id this worker has seen
+# in the room (empty: none seen): Redis's own "*" id is above the stream's top entry, but if
+# Redis lost its data (restarted empty) or its clock went back, it could be below ids clients
+# already hold; then the floor + 1 is used instead. Later ones follow Redis's own order. Done
+# in Lua so the check and the adds are atomic, and in one call per room per batch because a
+# call costs far more than an XADD inside it.
 APPEND = """
-local id = '*'
-if ARGV[1] ~= '' then
-  local below = true
-  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-  if #top > 0 then
-    local ms, seq = string.match(top[1][1], '^(%d+)-(%d+)$')
-    ms, seq = tonumber(ms), tonumber(seq)
-    local fms, fseq = tonumber(ARGV[2]), tonumber(ARGV[3])
-    below = ms < fms or (ms == fms and seq < fseq)
+local check = ARGV[1] ~= ''
+local ids = {}
+for i = 5, #ARGV, 4 do
+  local id = '*'
+  if check then
+    local below = true
+    local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+    if #top > 0 then
+      local ms, seq = string.match(top[1][1], '^(%d+)-(%d+)$')
+      ms, seq = tonumber(ms), tonumber(seq)
+      local fms, fseq = tonumber(ARGV[2]), tonumber(ARGV[3])
+      below = ms < fms or (ms == fms and seq < fseq)
+    end
+    if below then id = ARGV[1] end
+    check = false
   end
-  if below then id = ARGV[1] end
+  if tonumber(ARGV[4]) > 0 then
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], id, 'type', ARGV[i],
+                               'user', ARGV[i + 1], 'ts', ARGV[i + 2], 'text', ARGV[i + 3])
+  else
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], id, 'type', ARGV[i], 'user', ARGV[i + 1],
+                               'ts', ARGV[i + 2], 'text', ARGV[i + 3])
+  end
 end
-local args = {KEYS[1]}
-if tonumber(ARGV[4]) > 0 then
-  table.insert(args, 'MAXLEN'); table.insert(args, '~'); table.insert(args, ARGV[4])
-end
-table.insert(args, id)
-for i = 5, #ARGV do table.insert(args, ARGV[i]) end
-return redis.call('XADD', unpack(args))
+return ids
 """
 
 PAGE = 500
@@ -66,17 +75,33 @@ def room_key(prefix: str, room: str) -> str:
 
 
 def encode(draft: Draft) -> list[str]:
-    """A draft as XADD's field/value list (the room is the stream's name)."""
+    """A draft's field values in the order :data:`APPEND` stores them as ``type``, ``user``,
+    ``ts`` and ``text`` (the room is the stream's name)."""
     user = json.dumps(draft.user.as_dict(), ensure_ascii=False, separators=(",", ":"))
-    return ["type", draft.type, "user", user, "ts", str(draft.timestamp), "text", draft.text]
+    return [draft.type, user, str(draft.timestamp), draft.text]
+
+
+_users: dict[str, User] = {}
+
+
+def _user(raw: str) -> User:
+    """The user of an entry; the same few users write most entries, so parse each JSON once."""
+    user = _users.get(raw)
+    if user is None:
+        if len(_users) > 10000:
+            _users.clear()
+        user = _users[raw] = User.from_dict(json.loads(raw))
+    return user
 
 
 def decode(room: str, entry_id: str, fields: dict[str, str]) -> Event | None:
     """A stream entry as an :class:`Event`, or None (logged) if it is not one of ours."""
     try:
-        return Event.from_dict({"type": fields["type"], "id": entry_id, "room": room,
-                                "user": json.loads(fields["user"]), "timestamp": fields["ts"],
-                                "text": fields.get("text", "")})
+        kind = fields["type"]
+        if kind not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {kind!r}")
+        return Event(kind, entry_id, room, _user(fields["user"]),  # type: ignore[arg-type]
+                     int(fields["ts"]), fields.get("text", ""))
     except (KeyError, TypeError, ValueError) as exc:
         log.warning("skipping malformed entry %s in room %s: %s", entry_id, room, one_line(exc))
         return None
@@ -135,27 +160,32 @@ class RedisHistory(History):
         """
         if not drafts:
             return []
-        pending = list(range(len(drafts)))
+        rooms: dict[str, list[int]] = {}
+        for index, draft in enumerate(drafts):
+            rooms.setdefault(draft.room, []).append(index)
+        pending = list(rooms)
         ids: list[str] = [""] * len(drafts)
         with self._errors():
             for _ in range(2):  # a second pass only after NOSCRIPT (Redis lost its script cache)
                 pipe = self._redis.pipeline(transaction=False)
-                for index in pending:
-                    draft = drafts[index]
-                    floor = self._floors.get(draft.room)
+                for room in pending:
+                    floor = self._floors.get(room)
                     above = f"{floor[0]}-{floor[1] + 1}" if floor else ""
                     ms, seq = floor or (0, 0)
-                    pipe.evalsha(self._append.sha, 1, room_key(self.prefix, draft.room),
-                                 above, ms, seq, self.maxlen, *encode(draft))
+                    values = [v for index in rooms[room] for v in encode(drafts[index])]
+                    pipe.evalsha(self._append.sha, 1, room_key(self.prefix, room),
+                                 above, ms, seq, self.maxlen, *values)
                 results = await pipe.execute(raise_on_error=False)
                 missing = []
-                for index, result in zip(pending, results, strict=True):
+                for room, result in zip(pending, results, strict=True):
                     if isinstance(result, NoScriptError):
-                        missing.append(index)
+                        missing.append(room)
                     elif isinstance(result, Exception):
                         raise result
                     else:
-                        ids[index] = str(result)
+                        for index, event_id in zip(rooms[room], result, strict=True):
+                            ids[index] = event_id.decode() if isinstance(event_id, bytes) \
+                                else str(event_id)
                 if not missing:
                     break
                 await self._redis.script_load(APPEND)

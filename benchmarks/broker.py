@@ -1,0 +1,158 @@
+"""What the Redis broker adds over ``memory://``: latency (p50/p99) and throughput.
+
+Both brokers run under the real room engine, with in-memory sinks standing for sockets, so the
+figures are the broker's cost, not the network's. Latency: one publisher at a steady rate, time
+from ``say`` to the frame reaching a subscriber's sink. Throughput: many publishers at once, events
+delivered per second. Redis is a throwaway ``redis-server`` on a free loopback port.
+
+    python benchmarks/broker.py --json benchmarks/results/broker.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from revchat.broker import Broker, MemoryBroker  # noqa: E402
+from revchat.engine import Engine, Limits  # noqa: E402
+from revchat.events import User  # noqa: E402
+from revchat.history import MemoryHistory  # noqa: E402
+from revchat.redis_broker import RedisBroker  # noqa: E402
+from tests.redis_server import redis_server  # noqa: E402
+
+
+class Sink:
+    """Counts frames; records when each timestamped one arrived."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.latencies: list[float] = []
+        self.done = asyncio.Event()
+        self.expect = 0
+
+    def write(self, data: bytes) -> None:
+        now = time.perf_counter()
+        for line in data.splitlines():
+            self.frames += 1
+            marker = line.find(b'"text":"t')
+            if marker > 0:
+                sent = float(line[marker + 9 : line.index(b'"', marker + 9)])
+                self.latencies.append((now - sent) * 1000)
+        if self.expect and self.frames >= self.expect:
+            self.done.set()
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self, code: int, reason: str) -> None:
+        pass
+
+
+class NullSink:
+    """A subscriber that takes frames and does nothing with them."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self, code: int, reason: str) -> None:
+        pass
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def measure(broker: Broker, rate: int, seconds: float, publishers: int,
+                  burst: int) -> dict[str, Any]:
+    await broker.open()
+    engine = Engine(broker, Limits(rate=0, write_delay=0.0, archive_size=0))
+    sink = Sink()
+    speaker = await engine.subscribe("bench", User("guest:a", "A"), NullSink())
+    await engine.subscribe("bench", User("guest:b", "B"), sink)
+    # latency: a steady rate of single messages
+    sink.latencies.clear()
+    count = int(rate * seconds)
+    start = time.perf_counter()
+    for n in range(count):
+        await asyncio.sleep(max(0.0, start + n / rate - time.perf_counter()))
+        await engine.say(speaker, f"t{time.perf_counter():.6f}")
+    async with asyncio.timeout(30):
+        while len(sink.latencies) < count:
+            await asyncio.sleep(0.01)
+    latencies = list(sink.latencies)
+    # throughput: many publishers at once
+    subs = [await engine.subscribe("bench", User(f"guest:p{i}", f"P{i}"), NullSink())
+            for i in range(publishers)]
+    sink.frames, sink.expect = 0, publishers * burst
+    sink.done.clear()
+    start = time.perf_counter()
+
+    async def publish(sub: Any) -> None:
+        for _ in range(burst):
+            await engine.say(sub, "x" * 200)
+
+    await asyncio.gather(*(publish(s) for s in subs))
+    async with asyncio.timeout(60):
+        await sink.done.wait()
+    elapsed = time.perf_counter() - start
+    await broker.close()
+    return {
+        "latency_ms": {"p50": statistics.median(latencies), "p99": quantile(latencies, 0.99),
+                       "samples": len(latencies), "rate": rate},
+        "throughput_events_per_s": publishers * burst / elapsed,
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    results["memory"] = await measure(MemoryBroker(MemoryHistory()), args.rate, args.seconds,
+                                      args.publishers, args.burst)
+    with redis_server() as redis:
+        results["redis"] = await measure(RedisBroker(redis.url, prefix="bench"), args.rate,
+                                         args.seconds, args.publishers, args.burst)
+    return results
+
+
+def report(results: dict[str, Any]) -> None:
+    print(f"{'broker':<8} {'p50 ms':>8} {'p99 ms':>8} {'events/s':>10}")
+    for name, r in results.items():
+        print(f"{name:<8} {r['latency_ms']['p50']:>8.3f} {r['latency_ms']['p99']:>8.3f} "
+              f"{r['throughput_events_per_s']:>10.0f}")
+    mem, red = results["memory"], results["redis"]
+    print(f"redis adds {red['latency_ms']['p50'] - mem['latency_ms']['p50']:.3f} ms at p50 "
+          f"(target <= 2 ms) and keeps "
+          f"{red['throughput_events_per_s'] / mem['throughput_events_per_s']:.0%} of the "
+          "throughput (target >= 50%)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=int, default=500, help="messages/s for the latency run")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--publishers", type=int, default=200)
+    parser.add_argument("--burst", type=int, default=100, help="messages per publisher")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    outcome = asyncio.run(main(args))
+    report(outcome)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(outcome, indent=2) + "\n")
