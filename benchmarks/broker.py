@@ -21,12 +21,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from revchat.broker import Broker, MemoryBroker  # noqa: E402
-from revchat.engine import Engine, Limits  # noqa: E402
-from revchat.events import User  # noqa: E402
-from revchat.history import MemoryHistory  # noqa: E402
-from revchat.redis_broker import RedisBroker  # noqa: E402
-from tests.redis_server import redis_server  # noqa: E402
+from revchat.broker import Broker, MemoryBroker
+from revchat.engine import Engine, Limits
+from revchat.events import User
+from revchat.history import MemoryHistory
+from revchat.redis_broker import RedisBroker
+from tests.redis_server import redis_server
 
 
 class Sink:
@@ -37,6 +37,8 @@ class Sink:
         self.latencies: list[float] = []
         self.done = asyncio.Event()
         self.expect = 0
+        self.expect_latencies = 0
+        self.timed = asyncio.Event()
 
     def write(self, data: bytes) -> None:
         now = time.perf_counter()
@@ -46,6 +48,8 @@ class Sink:
             if marker > 0:
                 sent = float(line[marker + 9 : line.index(b'"', marker + 9)])
                 self.latencies.append((now - sent) * 1000)
+        if self.expect_latencies and len(self.latencies) >= self.expect_latencies:
+            self.timed.set()
         if self.expect and self.frames >= self.expect:
             self.done.set()
 
@@ -88,9 +92,11 @@ async def measure(broker: Broker, rate: int, seconds: float, publishers: int,
     for n in range(count):
         await asyncio.sleep(max(0.0, start + n / rate - time.perf_counter()))
         await engine.say(speaker, f"t{time.perf_counter():.6f}")
+    sink.expect_latencies = count
+    if len(sink.latencies) >= count:
+        sink.timed.set()
     async with asyncio.timeout(30):
-        while len(sink.latencies) < count:
-            await asyncio.sleep(0.01)
+        await sink.timed.wait()
     latencies = list(sink.latencies)
     # throughput: many publishers at once
     subs = [await engine.subscribe("bench", User(f"guest:p{i}", f"P{i}"), NullSink())
