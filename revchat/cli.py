@@ -15,7 +15,7 @@ import typer
 
 from revchat import __version__
 from revchat.cli_common import fail, with_settings
-from revchat.config import OPTIONS, Loaded, Settings, problems, shown
+from revchat.config import OPTIONS, SECRET_KEY_FILE, Loaded, Settings, problems, shown
 from revchat.history_cli import history_cli
 
 cli = typer.Typer(
@@ -69,9 +69,12 @@ def config_show(loaded: Loaded) -> None:
     for option in OPTIONS:
         value = getattr(loaded.settings, option.name)
         source = loaded.sources[option.name]
+        shown_value = shown(option, value)
+        if option.name == "secret_key" and not value:
+            shown_value = f"(kept in {loaded.settings.data_dir / SECRET_KEY_FILE})"
         if source == "default" and option.default is None:
             source = "derived"  # type: ignore[assignment]
-        typer.echo(f"{option.name:<{width}}  {shown(option, value):<40}  {source}")
+        typer.echo(f"{option.name:<{width}}  {shown_value:<40}  {source}")
 
 
 @config_cli.command("check")
