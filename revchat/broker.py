@@ -13,7 +13,7 @@ import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -88,50 +88,60 @@ class Broker(ABC):
         return None
 
 
-class MemoryBroker(Broker):
-    """One process: a single publishing task stores events in batches and delivers them in order.
+class GroupCommit:
+    """Stores drafts in batches from one task, in the order they were submitted.
 
-    Messages that arrive while a batch is being committed wait for the next batch, so durability
-    costs one commit per batch (group commit), not one per message.
+    The drafts that arrive while a batch is being stored go into the next one (group commit), so
+    durability costs one write per batch, not one per message. ``stored`` sees each stored batch
+    before its publishers are answered; ``failed`` sees each failure, whose publishers get
+    :class:`BrokerUnavailable`.
     """
 
-    name = "memory"
-    max_batch = 4096
-
-    def __init__(self, history: History) -> None:
-        super().__init__()
-        self.history = history
+    def __init__(
+        self,
+        store: Callable[[list[Draft]], Awaitable[list[Event]]],
+        stored: Callable[[list[Event]], None],
+        failed: Callable[[HistoryUnavailable], None],
+        max_batch: int = 4096,
+    ) -> None:
+        self.max_batch = max_batch
+        self._store = store
+        self._stored = stored
+        self._failed = failed
         self._queue: list[tuple[Draft, asyncio.Future[Event]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._closed = False
-        self._presence: dict[str, Counter[str]] = {}
-        self._users: dict[tuple[str, str], User] = {}
-        self._failure: str | None = None
+        self._stopping = False
 
-    async def open(self) -> None:
-        try:
-            await self.history.open()
-        except HistoryUnavailable as exc:
-            raise BrokerUnavailable(str(exc)) from exc
-        self._task = asyncio.create_task(self._run(), name="revchat-publisher")
+    def start(self, name: str) -> None:
+        self._task = asyncio.create_task(self._run(), name=name)
 
-    async def close(self) -> None:
-        self._closed = True
-        self._wakeup.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self.history.close()
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._stopping
 
-    async def publish(self, draft: Draft) -> Event:
-        if self._closed:
-            raise BrokerUnavailable("the server is shutting down")
+    def submit(self, draft: Draft) -> asyncio.Future[Event]:
+        """Queue a draft now (so submission order is store order); the future is its event."""
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        if not self.running:
+            future.set_exception(BrokerUnavailable("the server is shutting down"))
+            return future
         self._queue.append((draft, future))
         self._wakeup.set()
-        return await future
+        return future
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Store what is queued (waiting at most ``timeout``), then stop; fail what is left."""
+        self._stopping = True
+        self._wakeup.set()
+        task, self._task = self._task, None
+        if task is not None:
+            await asyncio.wait((task,), timeout=timeout)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        fail(self._queue, "the server is shutting down")
+        self._queue.clear()
 
     async def _run(self) -> None:
         while True:
@@ -141,25 +151,67 @@ class MemoryBroker(Broker):
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
                 await self._commit(batch)
-            if self._closed:
+            if self._stopping:
                 return
 
     async def _commit(self, batch: list[tuple[Draft, asyncio.Future[Event]]]) -> None:
         try:
-            events = await self.history.append([draft for draft, _ in batch])
+            events = await self._store([draft for draft, _ in batch])
         except HistoryUnavailable as exc:
-            self._failure = str(exc)
-            log.error("history write failed: %s", exc)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(BrokerUnavailable(f"history is unavailable: {exc}"))
+            self._failed(exc)
+            fail(batch, f"history is unavailable: {exc}")
             return
-        self._failure = None
-        if self.listener is not None:
-            self.listener.deliver(events)
+        except BaseException:
+            fail(batch, "the server is shutting down")  # stop() gave up waiting
+            raise
+        self._stored(events)
         for (_, future), event in zip(batch, events, strict=True):
             if not future.done():
                 future.set_result(event)
+
+
+def fail(batch: Sequence[tuple[Draft, asyncio.Future[Event]]], reason: str) -> None:
+    """Answer every publisher of ``batch`` with :class:`BrokerUnavailable`."""
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(BrokerUnavailable(reason))
+
+
+class MemoryBroker(Broker):
+    """One process: stored events go straight to this process's engine, in order."""
+
+    name = "memory"
+
+    def __init__(self, history: History) -> None:
+        super().__init__()
+        self.history = history
+        self._commits = GroupCommit(history.append, self._deliver, self._fail)
+        self._presence: dict[str, Counter[str]] = {}
+        self._users: dict[tuple[str, str], User] = {}
+        self._failure: str | None = None
+
+    async def open(self) -> None:
+        try:
+            await self.history.open()
+        except HistoryUnavailable as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+        self._commits.start("revchat-publisher")
+
+    async def close(self) -> None:
+        await self._commits.stop()
+        await self.history.close()
+
+    async def publish(self, draft: Draft) -> Event:
+        return await self._commits.submit(draft)
+
+    def _deliver(self, events: list[Event]) -> None:
+        self._failure = None
+        if self.listener is not None:
+            self.listener.deliver(events)
+
+    def _fail(self, exc: HistoryUnavailable) -> None:
+        self._failure = str(exc)
+        log.error("history write failed: %s", exc)
 
     def typing(self, room: str, user: User) -> None:
         if self.listener is not None:

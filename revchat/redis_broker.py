@@ -28,9 +28,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from revchat.broker import Broker, BrokerUnavailable
+from revchat.broker import Broker, BrokerUnavailable, GroupCommit
 from revchat.events import Draft, Event, User, dumps
-from revchat.history import HistoryUnavailable
 from revchat.redis_history import RedisHistory, entries, one_line, room_key
 from revchat.redis_presence import Change, Presence
 
@@ -80,8 +79,8 @@ class RedisBroker(Broker):
         self._positions: dict[str, str] = {}
         self._wake = f"{prefix}:wake:{self.worker}"
         self._wake_position = "0-0"
-        self._queue: list[tuple[Draft, asyncio.Future[Event]]] = []
-        self._wakeup = asyncio.Event()
+        self._commits = GroupCommit(self.history.append, lambda events: self._up(),
+                                    lambda exc: self._down(str(exc)), self.max_batch)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._sends: set[asyncio.Task[None]] = set()
         self._unpublished: list[Draft] = []
@@ -101,7 +100,8 @@ class RedisBroker(Broker):
             await self._close_clients()
             reason = one_line(exc)
             raise BrokerUnavailable(f"cannot reach redis at {self.address}: {reason}") from None
-        for name, run in (("publisher", self._publish_loop), ("reader", self._read_loop),
+        self._commits.start("revchat-redis-publisher")
+        for name, run in (("reader", self._read_loop),
                           ("heartbeat", self._heartbeat_loop), ("typing", self._typing_loop)):
             self._tasks[name] = asyncio.create_task(run(), name=f"revchat-redis-{name}")
 
@@ -112,14 +112,9 @@ class RedisBroker(Broker):
         with contextlib.suppress(*ERRORS):
             # Sockets still open here are gone now: the others must see those users leave.
             self._announce(await self.presence.leave())
-        publisher = self._tasks.get("publisher")
-        self._wakeup.set()
-        if publisher is not None:
-            await asyncio.wait((publisher,), timeout=2 * self.timeout)
+        await self._commits.stop(timeout=2 * self.timeout)
         for name in list(self._tasks):
             await self._stop(name)
-        _fail(self._queue, "the server is shutting down")
-        self._queue.clear()
         for task in self._sends:
             task.cancel()
         if self._sends:
@@ -183,35 +178,9 @@ class RedisBroker(Broker):
         reader then delivers it. Raises :class:`BrokerUnavailable` when Redis does not take it."""
         if self._closed:
             raise BrokerUnavailable("the server is shutting down")
-        if "publisher" not in self._tasks:
+        if not self._commits.running:
             raise BrokerUnavailable("the redis broker is not open")
-        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        self._queue.append((draft, future))
-        self._wakeup.set()
-        return await future
-
-    async def _publish_loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-                try:
-                    events = await self.history.append([draft for draft, _ in batch])
-                except HistoryUnavailable as exc:
-                    self._down(str(exc))
-                    _fail(batch, str(exc))
-                    continue
-                except BaseException:
-                    _fail(batch, "the server is shutting down")  # close() gave up waiting
-                    raise
-                self._up()
-                for (_, future), event in zip(batch, events, strict=True):
-                    if not future.done():
-                        future.set_result(event)
-            if self._closed:
-                return
+        return await self._commits.submit(draft)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -359,13 +328,4 @@ class RedisBroker(Broker):
                 self._unpublished.append(draft)
 
         for draft in drafts:
-            future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-            future.add_done_callback(functools.partial(done, draft))
-            self._queue.append((draft, future))
-        self._wakeup.set()
-
-
-def _fail(batch: Sequence[tuple[Draft, asyncio.Future[Event]]], reason: str) -> None:
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(BrokerUnavailable(reason))
+            self._commits.submit(draft).add_done_callback(functools.partial(done, draft))
