@@ -19,28 +19,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 from revchat.broker import Broker, BrokerUnavailable
 from revchat.events import Draft, Event, User, id_key, typing_frame, welcome_frame
 from revchat.history import FORGOTTEN_NAME
 from revchat.protocol import RateLimiter
+from revchat.room import Room, Sink, Subscription
 
 log = logging.getLogger("revchat.engine")
 
 SLOW_CONSUMER = (1013, "slow consumer")
 GOING_AWAY = (1001, "server shutting down")
-
-
-class Sink(Protocol):
-    """Where a subscriber's bytes go: in production a WebSocket's transport."""
-
-    def write(self, data: bytes) -> None: ...
-
-    def get_write_buffer_size(self) -> int: ...
-
-    def close(self, code: int, reason: str) -> None: ...
 
 
 class RateLimited(Exception):
@@ -74,45 +64,6 @@ class Stats:
     slow_consumers: int = 0
     rate_limited: int = 0
     subscriptions: int = 0
-
-
-class Subscription:
-    """One socket in one room: it has received the archive and now receives live events."""
-
-    __slots__ = ("closed", "closed_transport", "room", "sink", "user", "write")
-
-    def __init__(self, room: Room, user: User, sink: Sink) -> None:
-        self.room = room
-        self.user = user
-        self.sink = sink
-        self.write = sink.write
-        self.closed = False
-        self.closed_transport = False
-
-
-@dataclass(eq=False)
-class Room:
-    """A room as this worker holds it while it has subscribers."""
-
-    name: str
-    subs: set[Subscription] = field(default_factory=set)
-    members: dict[str, User] = field(default_factory=dict)
-    recent: list[Event] = field(default_factory=list)
-    pending: list[bytes] = field(default_factory=list)
-    flush: asyncio.Handle | None = None
-    last: tuple[int, ...] = ()
-    """Key of the newest event this worker has delivered (or loaded) for the room."""
-    refs: int = 0
-    resuming: int = 0
-    loading: list[Event] | None = None
-    ready: asyncio.Future[None] | None = None
-
-    def apply(self, event: Event) -> None:
-        """Keep the member list in step with the room's join and leave events."""
-        if event.type == "join":
-            self.members[event.user.id] = event.user
-        elif event.type == "leave":
-            self.members.pop(event.user.id, None)
 
 
 def text_frame(text: str) -> bytes:
@@ -174,7 +125,7 @@ class Engine:
             sub = Subscription(room, user, sink)
             room.subs.add(sub)
             self.stats.subscriptions += 1
-            welcome = welcome_frame(name, user, list(room.members.values()), archive, resumed)
+            welcome = welcome_frame(name, user, room.members_frame(), archive, resumed)
             self._write(sub, self.frame(welcome))
         except BaseException:
             self._release(room)
@@ -198,6 +149,7 @@ class Engine:
             raise
         self.broker.subscribe(room.name, recent[-1].id if recent else None)
         room.members = {m.id: m for m in members}
+        room.members_cache = None
         room.recent = recent
         room.last = recent[-1].key if recent else ()
         buffered, room.loading = room.loading, None
@@ -402,6 +354,7 @@ class Engine:
             ]
             if user_id in room.members:
                 room.members[user_id] = anonymous
+                room.members_cache = None
         return count
 
     # -- introspection ----------------------------------------------------------------------

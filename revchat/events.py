@@ -7,6 +7,7 @@ An :class:`Event` is encoded to its JSON text once (:attr:`Event.json`); frames 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -108,20 +109,17 @@ def id_key(event_id: str) -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts) + (0,) * (2 - len(parts))
 
 
-def welcome_frame(
-    room: str, you: User, members: list[User], archive: list[Event], resumed: bool
-) -> str:
-    """The first frame a subscriber receives; the archive's events are spliced in pre-encoded."""
-    head = _dumps(
-        {
-            "type": "welcome",
-            "room": room,
-            "you": you.as_dict(),
-            "members": [m.as_dict() for m in members],
-            "resumed": resumed,
-        }
-    )
-    return head[:-1] + ',"archive":[' + ",".join(e.json for e in archive) + "]}"
+def members_json(members: Iterable[User]) -> str:
+    """A member list as JSON; rooms cache it until their membership changes."""
+    return _dumps([m.as_dict() for m in members])
+
+
+def welcome_frame(room: str, you: User, members: str, archive: list[Event], resumed: bool) -> str:
+    """The first frame a subscriber receives; ``members`` (from :func:`members_json`) and the
+    archive's events are spliced in pre-encoded."""
+    head = _dumps({"type": "welcome", "room": room, "you": you.as_dict(), "resumed": resumed})
+    return (head[:-1] + ',"members":' + members + ',"archive":['
+            + ",".join(e.json for e in archive) + "]}")
 
 
 def typing_frame(room: str, user: User) -> str:

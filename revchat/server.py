@@ -74,7 +74,9 @@ def run(settings: Settings) -> None:
     loader = AppLoader(factory=partial(create_app, settings))
     app = loader.load()
     app.prepare(host=settings.host, port=settings.port, workers=settings.workers,
-                single_process=settings.workers == 1, motd=False, access_log=False)
+                single_process=settings.workers == 1, motd=False, access_log=False,
+                # a join storm arrives faster than one accept loop: don't drop SYNs at 100
+                backlog=4096)
     if settings.workers == 1:
         Sanic.serve_single(primary=app)
     else:

@@ -19,11 +19,12 @@ from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.frames import Frame, Opcode
 
 from revchat.broker import BrokerUnavailable
-from revchat.engine import Closing, Engine, RateLimited, Subscription
+from revchat.engine import Closing, Engine, RateLimited
 from revchat.events import ErrorCode, error_frame
 from revchat.history import HistoryUnavailable
 from revchat.pages import room_name
 from revchat.protocol import BadFrame, Say, parse
+from revchat.room import Subscription
 from revchat.web import ROOM_PATTERN, current_user, origin_allowed, settings_of
 
 bp = Blueprint("socket")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "revchat"
-CORE = ["revchat.engine", "revchat.broker", "revchat.history", "revchat.events",
+CORE = ["revchat.engine", "revchat.room", "revchat.broker", "revchat.history", "revchat.events",
         "revchat.protocol", "revchat.sessions", "revchat.config", "revchat.sqlite",
         "revchat.redis_broker", "revchat.redis_history", "revchat.redis_presence"]
 
