@@ -179,8 +179,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("burst", 10, "Messages a user may say at once before the rate applies.", _int(1), "N"),
     Option("queue_size", 1024 * 1024, "Bytes that may wait to be sent to one client before it is "
            "closed with 1013 (slow consumer).", _int(4096), "BYTES"),
-    Option("write_delay", 1.0, "Milliseconds the server waits to send a client its pending frames "
-           "in one write (0 sends at once).", _float, "MS"),
+    Option("write_delay", 3.0, "Milliseconds between two writes to a client while messages keep "
+           "coming (they are sent together); after a quiet spell a message goes out at once.",
+           _float, "MS"),
     Option("ping_interval", 20.0, "Seconds between pings (0 turns pings off).", _float, "SECONDS"),
     Option("ping_timeout", 20.0, "Seconds a peer has to answer a ping.", _float, "SECONDS"),
     Option("max_connections", 100000, "Open sockets one worker accepts.", _int(1), "N"),
@@ -218,7 +219,7 @@ class Settings:
     rate: float = 2.0
     burst: int = 10
     queue_size: int = 1024 * 1024
-    write_delay: float = 1.0
+    write_delay: float = 3.0
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     max_connections: int = 100000

@@ -8,7 +8,7 @@ Fan-out is built for speed and safety:
 
 * each event is encoded once — to its JSON text and then to its wire frame — for all subscribers;
 * the frames pending for a room are written to each subscriber in one ``write`` per flush,
-  ``write_delay`` after the first of them (Centrifugo's ``write_delay``);
+  at most once per ``write_delay`` while they keep coming (Centrifugo's ``write_delay``);
 * the engine never awaits a socket: a subscriber whose unsent bytes exceed ``queue_size`` is
   closed with 1013 "slow consumer" and nobody else waits for it.
 """
@@ -48,8 +48,8 @@ class Limits:
     archive_size: int = 50
     resume_limit: int = 1000
     queue_size: int = 1024 * 1024
-    write_delay: float = 0.001
-    """Seconds; 0 flushes on the next loop iteration."""
+    write_delay: float = 0.003
+    """Seconds between two flushes of a busy room; 0 flushes on every loop pass."""
     rate: float = 2.0
     burst: int = 10
 
@@ -121,9 +121,11 @@ class Engine:
             # From here to the end of the block nothing awaits, so the welcome and the live
             # stream meet exactly: no event is lost or doubled between them.
             archive, resumed = self._archive(room, since, missed)
-            self._flush(room)
             sub = Subscription(room, user, sink)
-            room.subs.add(sub)
+            if room.pending:  # already in the archive: the next flush sends only the rest
+                room.joining[sub] = len(room.pending)
+            else:
+                room.subs.add(sub)
             self.stats.subscriptions += 1
             welcome = welcome_frame(name, user, room.members_frame(), archive, resumed)
             self._write(sub, self.frame(welcome))
@@ -148,8 +150,7 @@ class Engine:
             self.rooms.pop(room.name, None)
             raise
         self.broker.subscribe(room.name, recent[-1].id if recent else None)
-        room.members = {m.id: m for m in members}
-        room.members_cache = None
+        room.set_members(members)
         room.recent = recent
         room.last = recent[-1].key if recent else ()
         buffered, room.loading = room.loading, None
@@ -216,8 +217,8 @@ class Engine:
 
     def send(self, sub: Subscription, text: str) -> None:
         """Send one subscriber a frame of its own (an error), after the room's pending ones."""
+        self._flush(sub.room)
         if not sub.closed and sub in sub.room.subs:
-            self._flush(sub.room)
             self._write(sub, self.frame(text))
 
     async def cancel(self, sub: Subscription) -> None:
@@ -227,6 +228,7 @@ class Engine:
         sub.closed = True
         room = sub.room
         room.subs.discard(sub)
+        room.joining.pop(sub, None)
         try:
             if await self.broker.disconnected(room.name, sub.user):
                 await self.broker.publish(Draft("leave", room.name, sub.user, self._now()))
@@ -266,13 +268,15 @@ class Engine:
             room.last = event.key
             room.apply(event)
             self.stats.events += 1
-            if room.subs:
+            if room.subs or room.joining:
                 room.pending.append(self.frame(event.json))
         if len(recent) > 2 * self._cache and not room.resuming:
             del recent[: len(recent) - self._cache]
         if room.pending and room.flush is None:
+            # Leading edge: after a quiet spell a frame goes out on the next loop pass; while
+            # frames keep coming they are written at most once per write_delay, coalesced.
             loop = asyncio.get_running_loop()
-            delay = self.limits.write_delay
+            delay = room.quiet_until - time.monotonic()
             room.flush = (
                 loop.call_later(delay, self._flush, room) if delay > 0
                 else loop.call_soon(self._flush, room)
@@ -281,7 +285,7 @@ class Engine:
     def relay(self, room_name: str, user: User) -> None:
         """Send a typing notice to everyone in the room but the typist."""
         room = self.rooms.get(room_name)
-        if room is None or not room.subs:
+        if room is None:
             return
         self._flush(room)
         data = self.frame(typing_frame(room_name, user))
@@ -295,12 +299,20 @@ class Engine:
             room.flush.cancel()
             room.flush = None
         pending = room.pending
-        if not pending:
-            return
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        self.stats.deliveries += len(pending) * len(room.subs)
-        self.stats.writes += len(room.subs)
+        if pending:
+            self._fan_out(room, pending[0] if len(pending) == 1 else b"".join(pending))
+            room.quiet_until = time.monotonic() + self.limits.write_delay
+        if room.joining:
+            joining, room.joining = room.joining, {}
+            for sub, skip in joining.items():
+                room.subs.add(sub)
+                if len(pending) > skip:
+                    self._write(sub, b"".join(pending[skip:]))
         pending.clear()
+
+    def _fan_out(self, room: Room, data: bytes) -> None:
+        self.stats.deliveries += len(room.pending) * len(room.subs)
+        self.stats.writes += len(room.subs)
         bound = self.limits.queue_size
         failed = None
         for sub in room.subs:
@@ -330,8 +342,9 @@ class Engine:
 
         Its handler's cancel() then does the rest (presence, leave).
         """
-        if sub in sub.room.subs:
-            sub.room.subs.discard(sub)
+        room = sub.room
+        if sub in room.subs or room.joining.pop(sub, None) is not None:
+            room.subs.discard(sub)
             if sub.closed_transport:
                 return
             self.stats.slow_consumers += 1
@@ -353,15 +366,14 @@ class Engine:
                 for e in room.recent
             ]
             if user_id in room.members:
-                room.members[user_id] = anonymous
-                room.members_cache = None
+                room.put_member(anonymous)
         return count
 
     # -- introspection ----------------------------------------------------------------------
 
     @property
     def connections(self) -> int:
-        return sum(len(r.subs) for r in self.rooms.values())
+        return sum(len(r.subs) + len(r.joining) for r in self.rooms.values())
 
     def queued_bytes(self) -> int:
         return sum(s.sink.get_write_buffer_size() for r in self.rooms.values() for s in r.subs)

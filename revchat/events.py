@@ -7,7 +7,6 @@ An :class:`Event` is encoded to its JSON text once (:attr:`Event.json`); frames 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -109,14 +108,9 @@ def id_key(event_id: str) -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts) + (0,) * (2 - len(parts))
 
 
-def members_json(members: Iterable[User]) -> str:
-    """A member list as JSON; rooms cache it until their membership changes."""
-    return _dumps([m.as_dict() for m in members])
-
-
 def welcome_frame(room: str, you: User, members: str, archive: list[Event], resumed: bool) -> str:
-    """The first frame a subscriber receives; ``members`` (from :func:`members_json`) and the
-    archive's events are spliced in pre-encoded."""
+    """The first frame a subscriber receives; ``members`` (a JSON list) and the archive's
+    events are spliced in pre-encoded."""
     head = _dumps({"type": "welcome", "room": room, "you": you.as_dict(), "resumed": resumed})
     return (head[:-1] + ',"members":' + members + ',"archive":['
             + ",".join(e.json for e in archive) + "]}")

@@ -6,10 +6,11 @@ Plain state for :mod:`revchat.engine`, which is what changes it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from revchat.events import Event, User, members_json
+from revchat.events import Event, User, dumps
 
 
 class Sink(Protocol):
@@ -42,31 +43,47 @@ class Room:
 
     name: str
     subs: set[Subscription] = field(default_factory=set)
+    joining: dict[Subscription, int] = field(default_factory=dict)
+    """Subscribers welcomed since the last flush, each with how many pending frames its
+    archive already holds: the next flush sends them only the rest, so a join storm does not
+    force a flush per joiner."""
     members: dict[str, User] = field(default_factory=dict)
     recent: list[Event] = field(default_factory=list)
     pending: list[bytes] = field(default_factory=list)
     flush: asyncio.Handle | None = None
+    quiet_until: float = 0.0
+    """Monotonic time before which a new frame waits for the next flush (write_delay after the
+    last one); after it, a frame goes out on the next loop pass."""
     last: tuple[int, ...] = ()
     """Key of the newest event this worker has delivered (or loaded) for the room."""
     refs: int = 0
     resuming: int = 0
     loading: list[Event] | None = None
     ready: asyncio.Future[None] | None = None
+    _member_json: dict[str, str] = field(default_factory=dict)
+    _members_cache: str | None = None
 
-    members_cache: str | None = None
-    """The members' JSON for welcome frames, until the membership changes (a join storm
-    welcomes many sockets between two changes)."""
+    def set_members(self, users: Iterable[User]) -> None:
+        self.members = {}
+        self._member_json = {}
+        for user in users:
+            self.put_member(user)
+
+    def put_member(self, user: User) -> None:
+        self.members[user.id] = user
+        self._member_json[user.id] = dumps(user.as_dict())
+        self._members_cache = None
 
     def apply(self, event: Event) -> None:
         """Keep the member list in step with the room's join and leave events."""
         if event.type == "join":
-            self.members[event.user.id] = event.user
-            self.members_cache = None
-        elif event.type == "leave":
-            self.members.pop(event.user.id, None)
-            self.members_cache = None
+            self.put_member(event.user)
+        elif event.type == "leave" and self.members.pop(event.user.id, None) is not None:
+            del self._member_json[event.user.id]
+            self._members_cache = None
 
     def members_frame(self) -> str:
-        if self.members_cache is None:
-            self.members_cache = members_json(self.members.values())
-        return self.members_cache
+        """The members as JSON for a welcome: each member is encoded once, when it joins."""
+        if self._members_cache is None:
+            self._members_cache = "[" + ",".join(self._member_json.values()) + "]"
+        return self._members_cache

@@ -161,13 +161,13 @@ async def test_resume_from_history_and_cache(engine: Engine) -> None:
     first = await engine.say(sub, "one")
     await engine.say(sub, "two")
     again = Sink()
-    await engine.subscribe("lobby", BOB, again, since=first.id)
+    bob = await engine.subscribe("lobby", BOB, again, since=first.id)
     welcome = (await again.wait_for(1))[0]
     assert welcome["resumed"] is True
     assert [e["text"] for e in welcome["archive"]] == ["two"]
     # Once the room is dropped and loaded again, the same resume is read from history.
     await engine.cancel(sub)
-    await engine.cancel(next(iter(engine.rooms["lobby"].subs)))
+    await engine.cancel(bob)
     assert "lobby" not in engine.rooms
     late = Sink()
     await engine.subscribe("lobby", BOB, late, since=first.id)
@@ -187,6 +187,27 @@ async def test_typing_skips_the_typist(engine: Engine) -> None:
     frames = await bob_sink.wait_for(3)
     assert frames[-1]["type"] == "typing" and frames[-1]["user"]["id"] == ANN.id
     assert all(f["type"] != "typing" for f in ann_sink.frames())
+
+
+async def test_join_storm_is_not_flushed_per_joiner(engine: Engine) -> None:
+    """Joiners while frames are pending get only what their archive lacks, in one flush."""
+    first = Sink()
+    ann = await engine.subscribe("lobby", ANN, first)
+    await first.wait_for(2)
+    writes = first.writes
+    message = asyncio.ensure_future(engine.say(ann, "hello"))
+    await message
+    late = [Sink() for _ in range(5)]
+    for i, sink in enumerate(late):
+        await engine.subscribe("lobby", User(f"guest:{i}", f"U{i}"), sink)
+    frames = await first.wait_for(2 + 1 + 5)
+    assert [f["type"] for f in frames[2:]] == ["message"] + ["join"] * 5
+    assert first.writes - writes < 5, "joins coalesced, not one write per joiner"
+    for i, sink in enumerate(late):
+        got = await sink.wait_for(1 + 5 - i)
+        texts = [e["text"] for e in got[0]["archive"] if e["type"] == "message"]
+        assert texts == ["hello"]
+        assert [f["user"]["name"] for f in got[1:]] == [f"U{j}" for j in range(i, 5)]
 
 
 async def test_close_sends_1001_and_refuses_newcomers(engine: Engine) -> None:
