@@ -42,8 +42,9 @@ def create_app(settings: Settings, name: str = "revchat") -> App:
     app = Sanic(name)
     app.config.update(
         WEBSOCKET_MAX_SIZE=settings.max_frame_size,
-        WEBSOCKET_PING_INTERVAL=settings.ping_interval or None,
-        WEBSOCKET_PING_TIMEOUT=settings.ping_timeout or None,
+        # revchat pings from one task per worker (socket.Pinger), not one per socket
+        WEBSOCKET_PING_INTERVAL=None,
+        WEBSOCKET_PING_TIMEOUT=None,
         GRACEFUL_SHUTDOWN_TIMEOUT=3.0,
         REQUEST_MAX_SIZE=64 * 1024,
         ACCESS_LOG=False,
@@ -82,9 +83,15 @@ def setup_lifecycle(app: App, settings: Settings) -> None:
         ), frame=socket.text_frame)
         app.ctx.engine = engine
         app.ctx.metrics = ops.registry_for(engine)
+        app.ctx.pinger = None
+        if settings.ping_interval > 0:
+            app.ctx.pinger = socket.Pinger(settings.ping_interval, settings.ping_timeout)
+            app.ctx.pinger.start()
 
     @app.before_server_stop
     async def close_sockets(app: App) -> None:
+        if app.ctx.pinger is not None:
+            await app.ctx.pinger.stop()
         app.ctx.engine.close()
 
     @app.after_server_stop

@@ -9,14 +9,17 @@ serves every subscriber, and the engine bounds what each may hold back (1013).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import secrets
 import struct
-from collections import deque
+import time
 
 from sanic import Blueprint, Request
 from sanic.exceptions import Forbidden, ServiceUnavailable
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 from revchat.broker import BrokerUnavailable
 from revchat.engine import Closing, Engine, RateLimited
@@ -61,6 +64,65 @@ class WebSocketSink:
         self._ws.end_connection(code, reason)  # type: ignore[no-untyped-call]
 
 
+class Pinger:
+    """Pings every socket of this worker from one task, where Sanic would keep a task per socket
+    (a few KB each, for 50,000 idle sockets): a ping every ``interval`` seconds, and a socket
+    whose pong has not come ``timeout`` seconds after its ping is closed with 1011.
+    """
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self._sockets: dict[WebsocketImplProtocol, tuple[float, asyncio.Future[None] | None]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="revchat-pinger")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def add(self, ws: WebsocketImplProtocol) -> None:
+        self._sockets[ws] = (time.monotonic(), None)
+
+    def discard(self, ws: WebsocketImplProtocol) -> None:
+        self._sockets.pop(ws, None)
+
+    async def _run(self) -> None:
+        period = max(0.01, min(self.interval, self.timeout or self.interval) / 4)
+        while True:
+            await asyncio.sleep(period)
+            self.tick(time.monotonic())
+
+    def tick(self, now: float) -> None:
+        for ws, (sent, pong) in list(self._sockets.items()):
+            if ws.ws_proto.state is not State.OPEN:
+                continue  # closing: its handler discards it
+            if pong is not None and not pong.done():
+                if self.timeout and now - sent >= self.timeout:
+                    del self._sockets[ws]
+                    ws.fail_connection(1011, "no answer to ping")
+                continue
+            if now - sent >= self.interval:
+                self._sockets[ws] = (now, self._ping(ws))
+
+    @staticmethod
+    def _ping(ws: WebsocketImplProtocol) -> asyncio.Future[None] | None:
+        transport = ws.io_proto.transport if ws.io_proto else None
+        if transport is None or transport.is_closing():
+            return None
+        data = secrets.token_bytes(4)
+        pong: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ws.pings[data] = pong  # Sanic resolves it when the pong arrives
+        ws.ws_proto.send_ping(data)
+        for chunk in ws.ws_proto.data_to_send():
+            transport.write(chunk)
+        return pong
+
+
 @bp.on_request
 async def check_handshake(request: Request) -> None:
     """Refuse the upgrade with a plain HTTP answer: 403 without a session or from another origin."""
@@ -83,8 +145,9 @@ class Inbox:
 
     def __init__(self, ws: WebsocketImplProtocol, limit: int = 64) -> None:
         self._transport = ws.io_proto.transport  # type: ignore[union-attr]
-        self._messages: deque[str | bytes] = deque()
-        self._ready = asyncio.Event()
+        # A list and one waiter: an idle socket costs less than a deque and an asyncio.Event.
+        self._messages: list[str | bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
         self._chunks: list[bytes | bytearray | memoryview] = []
         self._text = True
         self._limit = limit
@@ -118,16 +181,20 @@ class Inbox:
 
     def _push(self, message: str | bytes) -> None:
         self._messages.append(message)
-        self._ready.set()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
         if len(self._messages) >= self._limit and not self._paused and self._transport:
             self._transport.pause_reading()
             self._paused = True
 
     async def get(self) -> str | bytes:
         while not self._messages:
-            self._ready.clear()
-            await self._ready.wait()
-        message = self._messages.popleft()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        message = self._messages.pop(0)
         if self._paused and len(self._messages) < self._limit // 2 and self._transport:
             self._transport.resume_reading()
             self._paused = False
@@ -159,10 +226,15 @@ async def socket(request: Request, ws: WebsocketImplProtocol, room: str) -> None
         await ws.close(1013, "service unavailable, try again later")
         return
     max_length = settings_of(request).max_message_length
+    pinger: Pinger | None = request.app.ctx.pinger
+    if pinger is not None:
+        pinger.add(ws)
     try:
         while True:
             await handle(engine, sub, await inbox.get(), max_length)
     finally:
+        if pinger is not None:
+            pinger.discard(ws)
         # Sanic cancels this handler when the connection closes; finish in a task of our own.
         await asyncio.shield(finish(engine, sub, inbox, max_length))
 
