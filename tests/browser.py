@@ -20,7 +20,7 @@ from sanic import Sanic
 from revchat.app import create_app
 from revchat.config import Settings
 from revchat.engine import Engine
-from tests.live import Live
+from tests.live import Live, free_socket
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -111,16 +111,6 @@ async def guest_page(browser: Any, watch: Watch, base_url: str, name: str, room:
 # -- a server that can be restarted on the same port ----------------------------------------------
 
 
-def bind(port: int = 0) -> socket.socket:
-    """A listening loopback socket on ``port`` (0: a free one), reusable right after a stop."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(1024)
-    sock.set_inheritable(True)
-    return sock
-
-
 class Server:
     """revchat in this event loop, like :func:`tests.live.live_server`, in steps: ``start`` binds
     and opens the engine (connections wait in the listen backlog), ``serve`` accepts them,
@@ -134,7 +124,7 @@ class Server:
         self.live: Live | None = None
 
     async def start(self) -> Live:
-        sock = bind(self._port)
+        sock = free_socket(self._port)
         port = sock.getsockname()[1]
         settings = replace(self._settings, port=port, public_url=f"http://127.0.0.1:{port}")
         app = create_app(settings, name=f"revchat_browser_{uuid.uuid4().hex[:8]}")

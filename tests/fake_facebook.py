@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 from sanic import HTTPResponse, Request, Sanic, redirect
 from sanic import json as json_response
 
-from tests.live import free_socket
+from tests.live import free_socket, serving
 
 Failure = Literal["400", "500", "bad_json", "slow"] | None
 """How an endpoint fails: Facebook's JSON error with 400 or 500, 200 with an HTML body, or a
@@ -178,21 +178,8 @@ async def fake_facebook(client_id: str, client_secret: str) -> AsyncIterator[Fak
     """Serve a fake Facebook on a free loopback port in this event loop."""
     sock = free_socket()
     fake = FakeFacebook(client_id, client_secret, port=sock.getsockname()[1])
-    app = fake.app()
-    server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False)
-    assert server is not None
-    await server.startup()
-    await server.before_start()
-    await server.after_start()
-    await server.start_serving()
-    try:
+    async with serving(fake.app(), sock):
         yield fake
-    finally:
-        await server.before_stop()
-        server.close()
-        await server.wait_closed()
-        await server.after_stop()
-        sock.close()
 
 
 def refused_url() -> str:

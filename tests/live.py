@@ -7,7 +7,7 @@ import asyncio
 import json
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,10 +34,11 @@ def make_settings(tmp_path: Path, **changes: Any) -> Settings:
     return replace(base, **changes)
 
 
-def free_socket() -> socket.socket:
+def free_socket(port: int = 0) -> socket.socket:
+    """A listening loopback socket on ``port`` (0: a free one), reusable right after a stop."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     sock.listen(1024)
     sock.set_inheritable(True)
     return sock
@@ -105,12 +106,10 @@ async def say(ws: ClientConnection, text: str) -> None:
 
 
 @asynccontextmanager
-async def live_server(settings: Settings) -> AsyncIterator[Live]:
-    """Start revchat on a free loopback port in this event loop; stop it like SIGTERM would."""
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    settings = replace(settings, port=port, public_url=f"http://127.0.0.1:{port}")
-    app = create_app(settings, name=f"revchat_test_{uuid.uuid4().hex[:8]}")
+async def serving(app: Sanic, sock: socket.socket,
+                  drain: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[None]:
+    """Serve ``app`` on a bound socket in this event loop, with its listeners, then stop it
+    as SIGTERM would (``drain`` runs after the sockets close, before the last listeners)."""
     server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False)
     assert server is not None
     await server.startup()
@@ -118,14 +117,30 @@ async def live_server(settings: Settings) -> AsyncIterator[Live]:
     await server.after_start()
     await server.start_serving()
     try:
-        yield Live(app, settings, port)
+        yield
     finally:
         await server.before_stop()
         server.close()
         await server.wait_closed()
+        if drain is not None:
+            await drain()
+        await server.after_stop()
+        sock.close()
+
+
+@asynccontextmanager
+async def live_server(settings: Settings) -> AsyncIterator[Live]:
+    """Start revchat on a free loopback port in this event loop; stop it like SIGTERM would."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    settings = replace(settings, port=port, public_url=f"http://127.0.0.1:{port}")
+    app = create_app(settings, name=f"revchat_test_{uuid.uuid4().hex[:8]}")
+
+    async def handlers_done() -> None:
         engine: Engine = app.ctx.engine
         async with asyncio.timeout(5):
             while engine.rooms:  # noqa: ASYNC110 - handlers finish after their sockets close
                 await asyncio.sleep(0.01)
-        await server.after_stop()
-        sock.close()
+
+    async with serving(app, sock, handlers_done):
+        yield Live(app, settings, port)
