@@ -7,12 +7,23 @@ An :class:`Event` is encoded to its JSON text once (:attr:`Event.json`); frames 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
 EventType = Literal["message", "join", "leave"]
 EVENT_TYPES: frozenset[str] = frozenset({"message", "join", "leave"})
+
+ROOM_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+"""Room names (SPEC §3): 1-64 letters, digits, ``-`` and ``_``; case-insensitive."""
+_ROOM_RE = re.compile(ROOM_PATTERN)
+
+
+def stored_room_name(raw: str) -> str | None:
+    """A room's stored (lower-case) name, or None if ``raw`` is not a room name."""
+    return raw.lower() if _ROOM_RE.fullmatch(raw) else None
+
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 

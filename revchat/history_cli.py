@@ -12,16 +12,17 @@ import typer
 from revchat.broker import BrokerUnavailable, open_broker
 from revchat.cli_common import fail, with_settings
 from revchat.config import Loaded
-from revchat.pages import ROOM_RE
+from revchat.events import stored_room_name
 
 history_cli = typer.Typer(help="Export or purge a room's history.", no_args_is_help=True,
                           rich_markup_mode=None)
 
 
 def _room(raw: str) -> str:
-    if not ROOM_RE.fullmatch(raw):
+    name = stored_room_name(raw)
+    if name is None:
         fail(f"{raw!r} is not a room name (1-64 letters, digits, - or _)")
-    return raw.lower()
+    return name
 
 
 async def _export(loaded: Loaded, room: str, out: TextIO) -> int:

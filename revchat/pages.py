@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import re
-
 from sanic import Blueprint, HTTPResponse, Request, json, redirect
 from sanic.exceptions import BadRequest, NotFound
 
 from revchat.engine import Engine
-from revchat.web import ROOM_PATTERN, current_user, page, settings_of
+from revchat.events import ROOM_PATTERN, stored_room_name
+from revchat.web import current_user, page, settings_of
 
 bp = Blueprint("pages")
 
-ROOM_RE = re.compile(ROOM_PATTERN)
 HISTORY_PAGE = 50
 HISTORY_MAX = 200
 
 
 def room_name(raw: str) -> str:
     """A room's stored name (lower case); 404 for anything but 1-64 letters, digits, - and _."""
-    if not ROOM_RE.fullmatch(raw):
+    name = stored_room_name(raw)
+    if name is None:
         raise NotFound("no such room")
-    return raw.lower()
+    return name
 
 
 @bp.get("/")
@@ -34,10 +33,11 @@ async def index(request: Request) -> HTTPResponse:
 async def choose(request: Request) -> HTTPResponse:
     """The room chooser's form: go to the named room."""
     raw = (request.args.get("room") or "").strip()
-    if not ROOM_RE.fullmatch(raw):
+    name = stored_room_name(raw)
+    if name is None:
         return await page(request, "index.html", status=400,
                           error="Room names are 1-64 letters, digits, - or _.", room=raw[:64])
-    return redirect(f"/rooms/{raw.lower()}")
+    return redirect(f"/rooms/{name}")
 
 
 @bp.get(f"/rooms/<room:{ROOM_PATTERN}>")

@@ -23,12 +23,12 @@ from websockets.protocol import State
 
 from revchat.broker import BrokerUnavailable
 from revchat.engine import Closing, Engine, RateLimited
-from revchat.events import ErrorCode, error_frame
+from revchat.events import ROOM_PATTERN, ErrorCode, error_frame
 from revchat.history import HistoryUnavailable
 from revchat.pages import room_name
 from revchat.protocol import BadFrame, Say, parse
 from revchat.room import Subscription
-from revchat.web import ROOM_PATTERN, current_user, origin_allowed, settings_of
+from revchat.web import current_user, origin_allowed, settings_of
 
 bp = Blueprint("socket")
 log = logging.getLogger("revchat.socket")

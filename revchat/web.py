@@ -16,7 +16,6 @@ from revchat.sessions import SESSION_COOKIE, SESSION_MAX_AGE, Signer, session_to
 PACKAGE = Path(__file__).resolve().parent
 TEMPLATES = PACKAGE / "templates"
 STATIC = PACKAGE / "static"
-ROOM_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 
 App: TypeAlias = Sanic[Any, Any]
 """The revchat Sanic app type (config and ctx are Sanic's defaults)."""
