@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import json
 import time
+import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,13 +46,16 @@ def user_of(cookie_header: str | None) -> dict[str, Any] | None:
     for part in (cookie_header or "").split(";"):
         name, _, value = part.strip().partition("=")
         if name == "revchat_session" and value:
-            payload = value.split(".", 1)[0]
+            # itsdangerous: [.]base64(json or, after a ".", zlib(json)).signature
+            compressed = value.startswith(".")
+            payload = value.lstrip(".").split(".", 1)[0]
             try:
-                data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-                user = data["user"]
+                raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+                data = json.loads(zlib.decompress(raw) if compressed else raw)
+                user = data["u"]
                 return {"id": str(user["id"]), "name": str(user["name"]),
                         "avatar": user.get("avatar")}
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, zlib.error):
                 return None
     return None
 

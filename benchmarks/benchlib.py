@@ -212,6 +212,10 @@ def start_server(kind: str, cpu: int | None, *, extra: Sequence[str] = (), nice:
     """
     port = free_port()
     data_dir = tempfile.mkdtemp(prefix=f"revchat-bench-{kind}-")
+    # Every limit on what one client may cost is off: the generator is one client address, its
+    # sender one user. (Variables, not flags, so a src= copy that predates them still starts.)
+    limits_off = {"REVCHAT_USER_SOCKETS": "0", "REVCHAT_SIGNIN_RATE": "0",
+                  "REVCHAT_USER_RATE": "0", "REVCHAT_FRAME_RATE": "0"}
     if kind == "revchat":
         cmd = [str(BIN / "revchat"), "serve", "--port", str(port), "--history", "memory://",
                "--rate", "0", "--data-dir", data_dir, "--secret-key", SECRET,
@@ -223,7 +227,7 @@ def start_server(kind: str, cpu: int | None, *, extra: Sequence[str] = (), nice:
     else:
         raise ValueError(kind)
     log = Path(data_dir) / "server.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(limits_off if kind == "revchat" else {}))
     src = src or os.environ.get("REVCHAT_BENCH_SRC")
     if kind == "revchat" and src:
         env["PYTHONPATH"] = src
@@ -281,19 +285,32 @@ def guest_cookie(port: int, name: str = "sender") -> str:
     raise RuntimeError(f"guest sign-in gave no session cookie (HTTP {response.status})")
 
 
-def minted_cookies(count: int, prefix: str = "bench") -> list[str]:
+MINT = """
+import json, sys
+from revchat.events import User
+from revchat import sessions
+prefix, count, secret = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+signer = sessions.Signer(secret, "session")
+users = [User(f"guest:{prefix}{i}", f"{prefix}{i}") for i in range(count)]
+if hasattr(sessions, "new_session"):
+    tokens = [sessions.session_token(signer, sessions.new_session(u)) for u in users]
+else:  # a revchat from before server-side sessions (a src= copy)
+    tokens = [sessions.session_token(signer, u) for u in users]
+print(json.dumps(tokens))
+"""
+
+
+def minted_cookies(count: int, prefix: str = "bench", src: str | None = None) -> list[str]:
     """Session cookies for ``count`` distinct guests, signed with the servers' secret key.
 
     Equivalent to ``count`` guest sign-ins, without ``count`` HTTP requests; the baseline server
-    reads the user from the same cookie, so both servers see the same users.
+    reads the user from the same cookie, so both servers see the same users. They are minted by
+    the revchat package the server runs (``src``: a scratch copy), whose cookie format it is.
     """
-    sys.path.insert(0, str(ROOT))
-    from revchat.events import User
-    from revchat.sessions import Signer, session_token
-
-    signer = Signer(SECRET, "session")
-    return [f"revchat_session={session_token(signer, User(f'guest:{prefix}{i}', f'{prefix}{i}'))}"
-            for i in range(count)]
+    env = dict(os.environ, PYTHONPATH=src or os.environ.get("REVCHAT_BENCH_SRC") or str(ROOT))
+    out = subprocess.run([sys.executable, "-c", MINT, prefix, str(count), SECRET], env=env,
+                         check=True, capture_output=True, text=True).stdout
+    return [f"revchat_session={token}" for token in json.loads(out)]
 
 
 def sender_cookie(server: Server) -> str:

@@ -71,7 +71,7 @@ class Contender:
         self.metrics: dict[str, float] = {}
         self.active = True
         try:
-            conns = [("R", "/rooms/bench/socket", c) for c in b.minted_cookies(n)]
+            conns = [("R", "/rooms/bench/socket", c) for c in b.minted_cookies(n, src=src)]
             conns.append(("S", "/rooms/bench/socket", b.sender_cookie(self.server)))
             self.gen = b.LoadGen(self.server.port, conns, cpu=cores.generator,
                                  server_pid=self.server.pid, concurrency=50,

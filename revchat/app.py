@@ -17,6 +17,7 @@ from revchat.broker import BrokerUnavailable, open_broker
 from revchat.config import Settings
 from revchat.engine import Engine, Limits
 from revchat.history import HistoryUnavailable
+from revchat.protocol import RateLimiter
 from revchat.sessions import Signer
 from revchat.web import STATIC, TEMPLATES, App, page
 
@@ -47,6 +48,12 @@ def create_app(settings: Settings, name: str = "revchat") -> App:
         WEBSOCKET_PING_TIMEOUT=None,
         GRACEFUL_SHUTDOWN_TIMEOUT=3.0,
         REQUEST_MAX_SIZE=64 * 1024,
+        # Slowloris: a connection that sends nothing, or headers too slowly, is dropped. Sanic
+        # checks every half of the shortest timeout, so it goes within 1.5 times this.
+        REQUEST_TIMEOUT=settings.header_timeout,
+        KEEP_ALIVE_TIMEOUT=settings.header_timeout,
+        # The client address comes from X-Forwarded-For only through this many proxies.
+        PROXIES_COUNT=settings.trusted_proxies or None,
         ACCESS_LOG=False,
         MOTD=False,
         FALLBACK_ERROR_FORMAT="text",
@@ -57,6 +64,8 @@ def create_app(settings: Settings, name: str = "revchat") -> App:
     ))
     app.ctx.settings = settings
     app.ctx.session_signer = Signer(settings.secret_key, "session")
+    app.ctx.signins = RateLimiter(settings.signin_rate / 60, settings.signin_rate)
+    app.ctx.history_reads = RateLimiter(*pages.HISTORY_RATE)
     app.static("/static", STATIC, name="static")
     for blueprint in (pages.bp, auth.bp, socket.bp, ops.bp):
         app.blueprint(blueprint)
@@ -79,8 +88,14 @@ def setup_lifecycle(app: App, settings: Settings) -> None:
         engine = Engine(broker, Limits(
             archive_size=settings.archive_size, resume_limit=settings.resume_limit,
             queue_size=settings.queue_size, write_delay=settings.write_delay / 1000,
-            rate=settings.rate, burst=settings.burst,
+            rate=settings.rate, burst=settings.burst, user_rate=settings.user_rate,
+            user_sockets=settings.user_sockets,
         ), frame=socket.text_frame)
+        try:
+            await engine.open()
+        except BrokerUnavailable:
+            await broker.close()
+            raise
         app.ctx.engine = engine
         app.ctx.metrics = ops.registry_for(engine)
         app.ctx.pinger = None
@@ -107,8 +122,12 @@ def setup_responses(app: App) -> None:
 
     @app.exception(BrokerUnavailable, HistoryUnavailable)
     async def unavailable(request: Request, exc: Exception) -> HTTPResponse:
+        # The detail (a path, an address) is for the log; the answer names the part only.
         log.warning("%s %s: %s", request.method, request.path, exc)
-        return json({"error": str(exc)}, status=503)
+        message = "history is unavailable, try again later"
+        if "text/html" in request.headers.get("accept", ""):
+            return await page(request, "error.html", status=503, message=message)
+        return json({"error": message}, status=503)
 
     @app.exception(SanicException)
     async def http_error(request: Request, exc: SanicException) -> HTTPResponse:

@@ -1,14 +1,29 @@
-"""Guest sign-in and sign-out (SPEC §3). Facebook sign-in lives in :mod:`revchat.facebook`."""
+"""Guest sign-in and sign-out. Facebook sign-in lives in :mod:`revchat.facebook`."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 import unicodedata
 
 from sanic import Blueprint, HTTPResponse, Request, redirect
 
+from revchat.broker import BrokerUnavailable
+from revchat.engine import Engine
 from revchat.events import User
-from revchat.web import end_session, page, require_same_origin, settings_of, start_session
+from revchat.sessions import Ended
+from revchat.web import (
+    TOO_MANY_SIGNINS,
+    current_session,
+    end_session,
+    page,
+    require_same_origin,
+    settings_of,
+    signin_allowed,
+    start_session,
+)
+
+log = logging.getLogger("revchat.auth")
 
 bp = Blueprint("auth", url_prefix="/auth")
 
@@ -37,6 +52,8 @@ async def guest(request: Request) -> HTTPResponse:
     problem = guest_name_problem(name)
     if problem:
         return await page(request, "index.html", status=400, error=problem, name=name[:64])
+    if not signin_allowed(request):
+        return await page(request, "index.html", status=429, error=TOO_MANY_SIGNINS, name=name)
     user = User(id=f"guest:{secrets.token_urlsafe(9)}", name=name)
     response = redirect("/")
     start_session(request, response, user)
@@ -45,8 +62,20 @@ async def guest(request: Request) -> HTTPResponse:
 
 @bp.post("/logout")
 async def logout(request: Request) -> HTTPResponse:
-    """End the session and go back to the sign-in page."""
+    """End the session on the server (every worker refuses its cookie from now on, and its
+    sockets close), clear the cookie, and go back to the sign-in page."""
     require_same_origin(request)
+    session = current_session(request)
+    if session is not None:
+        engine: Engine = request.app.ctx.engine
+        try:
+            await engine.end_sessions(Ended(sessions={session.id: session.expires}))
+        except BrokerUnavailable as exc:
+            # Keep the cookie: it is still good elsewhere until the server can record its end.
+            log.warning("sign-out of %s not recorded: %s", session.user.id, exc)
+            return await page(request, "error.html", status=503, message=(
+                "Signing out did not work just now: the server could not record it. "
+                "Please try again in a moment."))
     response = redirect("/")
     end_session(request, response)
     return response

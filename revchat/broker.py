@@ -14,12 +14,15 @@ import logging
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from revchat.config import Settings
 from revchat.events import Draft, Event, User
+from revchat.faults import Faults, one_line
 from revchat.history import History, HistoryUnavailable, open_history
+from revchat.sessions import Ended
 
 log = logging.getLogger("revchat.broker")
 
@@ -37,6 +40,9 @@ class Listener(Protocol):
     def relay(self, room: str, user: User) -> None:
         """A live typing notice (never stored)."""
 
+    def sessions_ended(self, ended: Ended) -> None:
+        """Sessions ended on the server (on any worker): refuse them from now on."""
+
 
 class Broker(ABC):
     """Publishes events, keeps presence, and feeds the engine every event of its rooms in order."""
@@ -47,6 +53,8 @@ class Broker(ABC):
 
     def __init__(self) -> None:
         self.listener: Listener | None = None
+        self.faults = Faults(log)
+        """Unexpected errors of this worker (the engine and the socket count theirs here too)."""
 
     async def open(self) -> None:
         """Connect; raise :class:`BrokerUnavailable` if that is impossible."""
@@ -83,9 +91,59 @@ class Broker(ABC):
     async def members(self, room: str) -> list[User]:
         """Users with at least one socket in ``room``, on any worker."""
 
+    async def ended_sessions(self) -> Ended:
+        """What the store says was ended (read once at start); :class:`BrokerUnavailable`."""
+        try:
+            return await self.history.ended_sessions()
+        except HistoryUnavailable as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
+    async def end_sessions(self, ended: Ended) -> None:
+        """Keep ``ended`` in the store, then hand it to every worker's listener.
+
+        Raises :class:`BrokerUnavailable` when it cannot be kept (nothing is ended then).
+        """
+        try:
+            await self.history.end_sessions(ended)
+        except HistoryUnavailable as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+        self._tell_ended(ended)
+
+    def _tell_ended(self, ended: Ended) -> None:
+        if self.listener is not None:
+            self.listener.sessions_ended(ended)
+
     def problem(self) -> str | None:
-        """Why the broker cannot be used now, or None when it is healthy (``/healthz``)."""
+        """Why the broker cannot be used now, or None when it is healthy (``/healthz``).
+
+        It names the part ("publisher", "history", "broker") and says what is wrong in words a
+        visitor may read: no file path, no address (those go to the log).
+        """
         return None
+
+    @property
+    def commit_stats(self) -> CommitStats:
+        """The publishing loop's counters (``/metrics``)."""
+        return CommitStats()
+
+
+class Unstorable(Exception):
+    """The store refused one draft for what it holds (not because it is down). Only that draft's
+    publisher hears of it; the batch it came in is stored without it."""
+
+
+@dataclass
+class CommitStats:
+    """What the publishing loop has done, for ``/metrics``."""
+
+    batches: int = 0
+    """Batches committed to the store: history writes."""
+    events: int = 0
+    """Events stored."""
+    failed: int = 0
+    """Batches the store could not take (it was unavailable)."""
+    unexpected: int = 0
+    """Errors nothing foresaw, each logged (also counted in the broker's :class:`Faults`)."""
 
 
 class GroupCommit:
@@ -95,6 +153,11 @@ class GroupCommit:
     durability costs one write per batch, not one per message. ``stored`` sees each stored batch
     before its publishers are answered; ``failed`` sees each failure, whose publishers get
     :class:`BrokerUnavailable`.
+
+    The loop cannot die of what it is given: a batch that fails for any other reason than an
+    unavailable store is stored again draft by draft, so only the culprit's publisher gets
+    :class:`Unstorable`; an error in ``stored`` is logged and counted, and the publishers are
+    still answered. :attr:`running` is false once the task has ended, however it ended.
     """
 
     def __init__(
@@ -103,8 +166,11 @@ class GroupCommit:
         stored: Callable[[list[Event]], None],
         failed: Callable[[HistoryUnavailable], None],
         max_batch: int = 4096,
+        faults: Faults | None = None,
     ) -> None:
         self.max_batch = max_batch
+        self.stats = CommitStats()
+        self._faults = faults or Faults(log)
         self._store = store
         self._stored = stored
         self._failed = failed
@@ -115,16 +181,25 @@ class GroupCommit:
 
     def start(self, name: str) -> None:
         self._task = asyncio.create_task(self._run(), name=name)
+        self._task.add_done_callback(self._ended)
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._stopping
+        task = self._task
+        return task is not None and not task.done() and not self._stopping
+
+    def problem(self) -> str | None:
+        """Why nothing can be published, or None (``/healthz``)."""
+        if self._task is not None and not self.running and not self._stopping:
+            return "the publisher has stopped"
+        return None
 
     def submit(self, draft: Draft) -> asyncio.Future[Event]:
         """Queue a draft now (so submission order is store order); the future is its event."""
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         if not self.running:
-            future.set_exception(BrokerUnavailable("the server is shutting down"))
+            reason = "the server is shutting down" if self._stopping else "the publisher is not running"
+            future.set_exception(BrokerUnavailable(reason))
             return future
         self._queue.append((draft, future))
         self._wakeup.set()
@@ -150,7 +225,11 @@ class GroupCommit:
             while self._queue:
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
-                await self._commit(batch)
+                try:
+                    await self._commit(batch)
+                except Exception as exc:  # a bug of ours: answer the batch, keep the loop
+                    self._unexpected("publishing a batch", exc)
+                    fail(batch, "the message could not be published")
             if self._stopping:
                 return
 
@@ -158,16 +237,63 @@ class GroupCommit:
         try:
             events = await self._store([draft for draft, _ in batch])
         except HistoryUnavailable as exc:
-            self._failed(exc)
-            fail(batch, f"history is unavailable: {exc}")
+            self._unavailable(batch, exc)
             return
-        except BaseException:
+        except asyncio.CancelledError:
             fail(batch, "the server is shutting down")  # stop() gave up waiting
             raise
-        self._stored(events)
+        except Exception as exc:
+            if len(batch) == 1:
+                self._unstorable(batch[0], exc)
+                return
+            # Something in the batch the store cannot take: store it draft by draft, in order,
+            # so that only the culprit's publisher hears of it.
+            for index, item in enumerate(batch):
+                try:
+                    await self._commit([item])
+                except asyncio.CancelledError:
+                    fail(batch[index:], "the server is shutting down")
+                    raise
+            return
+        self._done(batch, events)
+
+    def _done(self, batch: list[tuple[Draft, asyncio.Future[Event]]], events: list[Event]) -> None:
+        if len(events) != len(batch):
+            raise RuntimeError(f"the store returned {len(events)} events for {len(batch)} drafts")
+        self.stats.batches += 1
+        self.stats.events += len(events)
+        try:
+            self._stored(events)
+        except Exception as exc:  # stored all the same: the publishers must hear so
+            self._unexpected("delivering a batch", exc)
         for (_, future), event in zip(batch, events, strict=True):
             if not future.done():
                 future.set_result(event)
+
+    def _unavailable(self, batch: list[tuple[Draft, asyncio.Future[Event]]],
+                     exc: HistoryUnavailable) -> None:
+        self.stats.failed += 1
+        try:
+            self._failed(exc)
+        finally:
+            fail(batch, "history is unavailable")
+
+    def _unstorable(self, item: tuple[Draft, asyncio.Future[Event]], exc: Exception) -> None:
+        draft, future = item
+        self._unexpected(f"storing a {draft.type} of {draft.user.id} in {draft.room}", exc)
+        if not future.done():
+            future.set_exception(Unstorable("the message cannot be stored"))
+
+    def _unexpected(self, what: str, exc: BaseException) -> None:
+        self.stats.unexpected += 1
+        self._faults.record(what, exc)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        log.error("the publisher stopped: %s", one_line(exc) if exc else "it returned",
+                  exc_info=exc)
 
 
 def fail(batch: Sequence[tuple[Draft, asyncio.Future[Event]]], reason: str) -> None:
@@ -185,7 +311,7 @@ class MemoryBroker(Broker):
     def __init__(self, history: History) -> None:
         super().__init__()
         self.history = history
-        self._commits = GroupCommit(history.append, self._deliver, self._fail)
+        self._commits = GroupCommit(history.append, self._deliver, self._fail, faults=self.faults)
         self._presence: dict[str, Counter[str]] = {}
         self._users: dict[tuple[str, str], User] = {}
         self._failure: str | None = None
@@ -204,14 +330,21 @@ class MemoryBroker(Broker):
     async def publish(self, draft: Draft) -> Event:
         return await self._commits.submit(draft)
 
+    @property
+    def commit_stats(self) -> CommitStats:
+        return self._commits.stats
+
     def _deliver(self, events: list[Event]) -> None:
-        self._failure = None
+        if self._failure is not None:
+            log.info("history writes work again")
+            self._failure = None
         if self.listener is not None:
             self.listener.deliver(events)
 
     def _fail(self, exc: HistoryUnavailable) -> None:
-        self._failure = str(exc)
-        log.error("history write failed: %s", exc)
+        if self._failure is None:  # once per outage, not once per batch
+            log.error("history write failed: %s", exc)
+        self._failure = "history cannot be written"
 
     def typing(self, room: str, user: User) -> None:
         if self.listener is not None:
@@ -240,6 +373,9 @@ class MemoryBroker(Broker):
         return [self._users[(room, uid)] for uid in self._presence.get(room, ())]
 
     def problem(self) -> str | None:
+        stopped = self._commits.problem()
+        if stopped is not None:
+            return f"publisher: {stopped}"
         return f"history: {self._failure}" if self._failure else None
 
 

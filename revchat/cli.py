@@ -15,8 +15,9 @@ import typer
 
 from revchat import __version__
 from revchat.cli_common import fail, with_settings
-from revchat.config import OPTIONS, SECRET_KEY_FILE, Loaded, Settings, problems, shown
+from revchat.config import OPTIONS, Loaded, Settings, shown
 from revchat.history_cli import history_cli
+from revchat.startup import SECRET_KEY_FILE, problems
 
 cli = typer.Typer(
     name="revchat",
@@ -54,7 +55,7 @@ def serve(loaded: Loaded) -> None:
 
     found = problems(loaded.settings)
     if found:
-        fail(found[0])
+        fail("\n".join(found))
     try:
         run(loaded.settings)
     except ServeError as exc:
@@ -78,11 +79,12 @@ def config_show(loaded: Loaded) -> None:
 
 
 @config_cli.command("check")
-@with_settings
+@with_settings(lenient=True)
 def config_check(loaded: Loaded) -> None:
-    """Validate the settings: exit 1 with one line per problem."""
-    found = problems(loaded.settings)
-    found.extend(reachability(loaded.settings))
+    """Validate the settings: exit 1 with one line per problem (every one of them)."""
+    found = [*loaded.problems, *problems(loaded.settings)]
+    if not loaded.problems:  # with defaults standing in, trying the stores would mislead
+        found.extend(reachability(loaded.settings))
     for line in found:
         typer.echo(line, err=True)
     if found:

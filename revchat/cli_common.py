@@ -12,8 +12,9 @@ from revchat.config import OPTIONS, SettingError, load, shown
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """End the command with one line on stderr."""
-    typer.echo(f"revchat: {message}", err=True)
+    """End the command with one line on stderr per line of ``message``."""
+    for line in message.splitlines() or [""]:
+        typer.echo(f"revchat: {line}", err=True)
     raise typer.Exit(code)
 
 
@@ -39,12 +40,20 @@ def _option_parameters() -> list[inspect.Parameter]:
     return params
 
 
-def with_settings(command: Callable[..., None]) -> Callable[..., None]:
+def with_settings(command: Callable[..., None] | None = None, *,
+                  lenient: bool = False) -> Any:
     """Give a command every setting's flag besides its own parameters.
 
     The command's first parameter, ``loaded``, receives the loaded settings; a bad value ends the
-    command with one line.
+    command with one line per bad value (exit 2). With ``lenient`` the command receives them in
+    ``loaded.problems`` instead (``config check``).
     """
+    if command is None:
+        return lambda command: _with_settings(command, lenient)
+    return _with_settings(command, lenient)
+
+
+def _with_settings(command: Callable[..., None], lenient: bool) -> Callable[..., None]:
     hints = get_type_hints(command, include_extras=True)
     own = [
         p.replace(annotation=hints[p.name])
@@ -56,7 +65,7 @@ def with_settings(command: Callable[..., None]) -> Callable[..., None]:
     def run(**kwargs: Any) -> None:
         flags = {k: v for k, v in kwargs.items() if k not in names}
         try:
-            loaded = load(flags)
+            loaded = load(flags, lenient=lenient)
         except SettingError as exc:
             fail(str(exc))
         command(loaded, **{k: v for k, v in kwargs.items() if k in names})

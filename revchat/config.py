@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -40,14 +39,19 @@ def _int(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _float(raw: str) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise SettingError(f"{raw!r} is not a number") from None
-    if not value >= 0:
-        raise SettingError(f"{raw!r} must be zero or more")
-    return value
+def _float(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise SettingError(f"{raw!r} is not a number") from None
+        if not value >= 0:
+            raise SettingError(f"{raw!r} must be zero or more")
+        if not low <= value <= high:  # also inf
+            raise SettingError(f"{raw.strip()!r} is out of range (must be from {low:g} to {high:g})")
+        return value
+
+    return parse
 
 
 def _text(raw: str) -> str:
@@ -82,6 +86,19 @@ def _public_url(raw: str) -> str:
         raise SettingError(f"{value!r} is not an http:// or https:// URL")
     if parts.path or parts.query or parts.fragment:
         raise SettingError(f"{value!r} must be an origin only (no path), e.g. https://chat.example.org")
+    return value
+
+
+MIN_SECRET_KEY = 32
+"""Shortest secret key accepted, in characters: a short key can be guessed offline from one cookie."""
+
+
+def _secret_key(raw: str) -> str:
+    value = raw.strip()
+    if len(value) < MIN_SECRET_KEY:
+        # Never echo the key itself.
+        raise SettingError(f"the key is {len(value)} characters; at least {MIN_SECRET_KEY} are "
+                           "needed (python3 -c 'import secrets; print(secrets.token_urlsafe(48))')")
     return value
 
 
@@ -153,9 +170,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("resume_limit", 1000, "Most missed events replayed by ?since= before falling back "
            "to the plain archive.", _int(0, 100000), "N"),
     Option("retention_count", 0, "Events kept per room (0 keeps all).", _int(0), "N"),
-    Option("retention_days", 0.0, "Days an event is kept (0 keeps it forever).", _float, "DAYS"),
+    Option("retention_days", 0.0, "Days an event is kept (0 keeps it forever).", _float(0, 100_000), "DAYS"),
     Option("secret_key", DERIVED, "Key that signs sessions; shared by servers that share a broker "
-           "[default: generated once, kept in DATA_DIR/secret_key].", _text, "KEY", secret=True),
+           "[default: generated once, kept in DATA_DIR/secret_key]; at least 32 characters.",
+           _secret_key, "KEY", secret=True),
     Option("fb_client_id", "", "Facebook app id (also read from FB_CLIENT_ID).", _text, "ID",
            extra_env=("FB_CLIENT_ID",)),
     Option("fb_client_secret", "", "Facebook app secret (also read from FB_CLIENT_SECRET).",
@@ -175,16 +193,32 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_frame_size", 65536, "Largest WebSocket frame a client may send, in bytes "
            "(bigger closes with 1009).", _int(1024, 16 * 1024 * 1024), "BYTES"),
     Option("rate", 2.0, "Messages per second a user may say in a room (0 turns limiting off).",
-           _float, "PER_SECOND"),
+           _float(0, 1e6), "PER_SECOND"),
     Option("burst", 10, "Messages a user may say at once before the rate applies.", _int(1), "N"),
     Option("queue_size", 1024 * 1024, "Bytes that may wait to be sent to one client before it is "
            "closed with 1013 (slow consumer).", _int(4096), "BYTES"),
     Option("write_delay", 3.0, "Milliseconds between two writes to a client while messages keep "
            "coming (they are sent together); after a quiet spell a message goes out at once.",
-           _float, "MS"),
-    Option("ping_interval", 20.0, "Seconds between pings (0 turns pings off).", _float, "SECONDS"),
-    Option("ping_timeout", 20.0, "Seconds a peer has to answer a ping.", _float, "SECONDS"),
+           _float(0, 1000), "MS"),
+    Option("ping_interval", 20.0, "Seconds between pings (0 turns pings off).", _float(0, 86400),
+           "SECONDS"),
+    Option("ping_timeout", 20.0, "Seconds a peer has to answer a ping.", _float(0, 86400), "SECONDS"),
     Option("max_connections", 100000, "Open sockets one worker accepts.", _int(1), "N"),
+    Option("user_sockets", 20, "Open sockets one user may have on a worker, and new ones per "
+           "minute (0 turns both limits off).", _int(0, 100000), "N"),
+    Option("user_rate", DERIVED, "Messages per second a user may say across all rooms, in bursts "
+           "of twice --burst; 0 turns this limit off [default: 2.5 x --rate].", _float(0, 1e6),
+           "PER_SECOND"),
+    Option("frame_rate", DERIVED, "Frames per second a socket may send, in bursts of twice that; "
+           "beyond it the server reads it more slowly; 0 turns pacing off [default: 20, or 10 x --rate "
+           "if more; 0 when --rate is 0].",
+           _float(0, 1e6), "PER_SECOND"),
+    Option("signin_rate", 60, "Sign-ins (guest or Facebook) per client address per minute, per "
+           "worker; over it: 429 (0 turns it off).", _int(0, 1000000), "N"),
+    Option("header_timeout", 5.0, "Seconds a connection has to send a request's headers, and an "
+           "idle one is kept open (slowloris).", _float(0.5, 600), "SECONDS"),
+    Option("trusted_proxies", 0, "Reverse proxies in front of revchat whose X-Forwarded-For is "
+           "believed for the client address (0: none, use the peer's address).", _int(0, 16), "N"),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -223,6 +257,12 @@ class Settings:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     max_connections: int = 100000
+    user_sockets: int = 20
+    user_rate: float = 5.0
+    frame_rate: float = 20.0
+    signin_rate: int = 60
+    header_timeout: float = 5.0
+    trusted_proxies: int = 0
 
     @property
     def facebook(self) -> bool:
@@ -238,7 +278,7 @@ class Settings:
         """Origins accepted on POSTs and the socket: the public URL's, plus its loopback aliases."""
         parts = urlsplit(self.public_url)
         origin = f"{parts.scheme}://{parts.netloc}"
-        if not _is_loopback(parts.hostname or ""):
+        if not is_loopback(parts.hostname or ""):
             return frozenset({origin})
         port = f":{parts.port}" if parts.port else ""
         return frozenset(
@@ -246,7 +286,7 @@ class Settings:
         )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -261,38 +301,45 @@ class Loaded:
 
     settings: Settings
     sources: Mapping[str, Source]
+    problems: tuple[str, ...] = ()
+    """Values that did not parse, one line each; their defaults stand in (``lenient`` only)."""
 
 
 def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("revchat", appauthor=False))
 
 
-def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Loaded:
+def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+         *, lenient: bool = False) -> Loaded:
     """Resolve every option: flag (already parsed or raw text), then environment, then default.
 
-    Raises :class:`SettingError` naming the flag or variable at fault.
+    Raises :class:`SettingError` naming the flag or variable at fault; every value that does
+    not parse is one line of its message. With ``lenient``, such values are listed in
+    :attr:`Loaded.problems` and their defaults stand in (``config check``).
     """
     flags = flags or {}
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     sources: dict[str, Source] = {}
+    errors: list[str] = []
     for option in OPTIONS:
-        raw = flags.get(option.name)
+        raw, where, source = flags.get(option.name), option.flag, "flag"
+        if raw is None:
+            where = next((v for v in option.envs if environ.get(v, "") != ""), "")
+            raw, source = (environ[where], "env") if where else (None, "default")
+        sources[option.name] = source  # type: ignore[assignment]
+        values[option.name] = option.default
         if raw is not None:
-            sources[option.name] = "flag"
-            values[option.name] = _parse(option, raw, option.flag)
-            continue
-        for var in option.envs:
-            if environ.get(var, "") != "":
-                sources[option.name] = "env"
-                values[option.name] = _parse(option, environ[var], var)
-                break
-        else:
-            sources[option.name] = "default"
-            values[option.name] = option.default
+            try:
+                values[option.name] = _parse(option, raw, where)
+            except SettingError as exc:
+                errors.append(str(exc))
+    if errors and not lenient:
+        raise SettingError("\n".join(errors))
     _derive(values)
     known = {f.name for f in fields(Settings)}
-    return Loaded(Settings(**{k: v for k, v in values.items() if k in known}), sources)
+    return Loaded(Settings(**{k: v for k, v in values.items() if k in known}), sources,
+                  tuple(errors))
 
 
 def _parse(option: Option, raw: Any, where: str) -> Any:
@@ -320,78 +367,11 @@ def _derive(values: dict[str, Any]) -> None:
         values["guests"] = not (values["fb_client_id"] and values["fb_client_secret"])
     if values["secret_key"] is None:
         values["secret_key"] = ""
-
-
-SECRET_KEY_FILE = "secret_key"
-
-
-def ensure_secret_key(settings: Settings) -> Settings:
-    """Return settings with a secret key: the configured one, or one kept in the data dir (0600).
-
-    The key is generated on first use and reused afterwards, so sessions survive a restart.
-    Raises :class:`SettingError` when the data dir cannot hold it.
-    """
-    if settings.secret_key:
-        return settings
-    path = settings.data_dir / SECRET_KEY_FILE
-    try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            key = path.read_text().strip()
-        else:
-            key = secrets.token_urlsafe(48)
-            with os.fdopen(fd, "w") as f:
-                f.write(key + "\n")
-        if not key:
-            raise SettingError(f"the secret key file {path} is empty; delete it to make a new one")
-    except OSError as exc:
-        raise SettingError(f"cannot keep the secret key in {settings.data_dir}: {exc.strerror}") from None
-    return replace(settings, secret_key=key)
-
-
-def problems(settings: Settings) -> list[str]:
-    """Everything wrong with a configuration, one line each (``config check`` and ``serve``)."""
-    found: list[str] = []
-    if settings.workers > 1 and settings.broker.startswith("memory:"):
-        found.append(
-            f"--workers {settings.workers} needs a shared broker: add --broker redis://HOST:PORT/DB "
-            "(memory:// keeps rooms inside one process)"
-        )
-    if bool(settings.fb_client_id) != bool(settings.fb_client_secret):
-        missing = "FB_CLIENT_SECRET" if settings.fb_client_id else "FB_CLIENT_ID"
-        found.append(f"Facebook sign-in is half configured: {missing} is missing")
-    parts = urlsplit(settings.public_url)
-    if settings.facebook and parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
-        found.append(
-            f"Facebook refuses the redirect URI {settings.public_url}/auth/facebook/callback: "
-            "use an https:// --public-url (plain http is allowed only on localhost)"
-        )
-    if not settings.facebook and not settings.guests:
-        found.append("nobody can sign in: guests are off and Facebook is not configured")
-    if settings.broker.startswith(("redis:", "rediss:")):
-        try:
-            import redis  # noqa: F401
-        except ImportError:
-            found.append(
-                "--broker redis:// needs the redis extra: pip install 'revchat[redis]'"
-            )
-    found.extend(_data_dir_problems(settings))
-    return found
-
-
-def _data_dir_problems(settings: Settings) -> list[str]:
-    needs_dir = not settings.secret_key or settings.history.startswith("sqlite:")
-    if not needs_dir:
-        return []
-    directory = settings.data_dir
-    probe = directory
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        return [f"the data dir {directory} is not writable"]
-    return []
+    # --rate 0 (benchmarks) means "do not limit what clients say" unless these are set too.
+    if values["user_rate"] is None:
+        values["user_rate"] = 2.5 * values["rate"]
+    if values["frame_rate"] is None:
+        values["frame_rate"] = max(20.0, 10 * values["rate"]) if values["rate"] else 0.0
 
 
 def shown(option: Option, value: Any) -> str:

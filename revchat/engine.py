@@ -22,15 +22,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from revchat.broker import Broker, BrokerUnavailable
+from revchat.codes import GOING_AWAY, SIGNED_OUT, SLOW_CONSUMER
 from revchat.events import Draft, Event, User, id_key, typing_frame, welcome_frame
 from revchat.history import FORGOTTEN_NAME
 from revchat.protocol import RateLimiter
+from revchat.quota import SocketQuota
 from revchat.room import Room, Sink, Subscription
+from revchat.sessions import Ended, Session, SessionBook
 
 log = logging.getLogger("revchat.engine")
 
-SLOW_CONSUMER = (1013, "slow consumer")
-GOING_AWAY = (1001, "server shutting down")
 
 
 class RateLimited(Exception):
@@ -52,6 +53,10 @@ class Limits:
     """Seconds between two flushes of a busy room; 0 flushes on every loop pass."""
     rate: float = 2.0
     burst: int = 10
+    user_rate: float = 0.0
+    """Messages per second a user may say across all rooms (0: no limit beyond each room's)."""
+    user_sockets: int = 0
+    """Open sockets per user, and new ones per user per minute (0: no limit)."""
 
 
 @dataclass
@@ -90,24 +95,61 @@ class Engine:
         self.stats = Stats()
         self.closing = False
         self._cache = max(self.limits.archive_size, 100)
+        self.sessions = SessionBook()
+        self.faults = broker.faults
         self._limiter = RateLimiter(self.limits.rate, self.limits.burst)
+        self._user_limiter = RateLimiter(self.limits.user_rate, 2 * self.limits.burst)
         self._typing_limiter = RateLimiter(1.0, 3)
+        self.quota = SocketQuota(self.limits.user_sockets)
         self._tasks: set[asyncio.Task[None]] = set()
         broker.listener = self
+
+    async def open(self) -> None:
+        """Load what the store says about ended sessions (the broker is open)."""
+        self.sessions.apply(await self.broker.ended_sessions())
 
     # -- subscribing ------------------------------------------------------------------------
 
     async def subscribe(
-        self, name: str, user: User, sink: Sink, since: str | None = None
+        self, name: str, user: User, sink: Sink, since: str | None = None,
+        session: Session | None = None,
     ) -> Subscription:
         """Send ``sink`` the welcome frame, then every live event of room ``name``.
 
         With ``since``, the welcome's archive is every event after that id (``resumed`` true),
         unless the id is unknown or more than ``resume_limit`` events were missed. Publishes the
         user's ``join`` when this is their first socket in the room.
+
+        Interrupted at any await (the client left), it leaves no trace: not counted, not a
+        member, its ``leave`` published if its ``join`` was. Once it returns, the caller must
+        :meth:`cancel` it. Raises :class:`Closing` and :class:`TooManySockets`.
         """
         if self.closing:
             raise Closing()
+        self.quota.hold(user.id)
+        try:
+            sub = await self._welcome(name, user, sink, since, session)
+        except BaseException:
+            self.quota.release(user.id)
+            raise
+        try:
+            if await self.broker.connected(name, user):
+                await self.broker.publish(Draft("join", name, user, self._now()))
+        except BrokerUnavailable as exc:
+            log.warning("join of %s in %s not published: %s", user.id, name, exc)
+        except BaseException:
+            # Interrupted while the join was counted or stored: undo it in a task of its own,
+            # which a second cancellation of this one cannot stop half-way.
+            task = asyncio.ensure_future(self.cancel(sub))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            raise
+        return sub
+
+    async def _welcome(self, name: str, user: User, sink: Sink, since: str | None,
+                       session: Session | None) -> Subscription:
+        """Hold the room, then send the welcome and start the live stream; on any failure or
+        interruption, let go of the room again."""
         room = self.rooms.get(name)
         if room is None:
             room = self.rooms[name] = Room(name)
@@ -120,8 +162,9 @@ class Engine:
                 raise Closing()
             # From here to the end of the block nothing awaits, so the welcome and the live
             # stream meet exactly: no event is lost or doubled between them.
-            archive, resumed = self._archive(room, since, missed)
-            sub = Subscription(room, user, sink)
+            archive, resumed = room.archive(since, missed, self.limits.archive_size,
+                                            self.limits.resume_limit)
+            sub = Subscription(room, user, sink, session)
             if room.pending:  # already in the archive: the next flush sends only the rest
                 room.joining[sub] = len(room.pending)
             else:
@@ -132,11 +175,6 @@ class Engine:
         except BaseException:
             self._release(room)
             raise
-        try:
-            if await self.broker.connected(name, user):
-                await self.broker.publish(Draft("join", name, user, self._now()))
-        except BrokerUnavailable as exc:
-            log.warning("join of %s in %s not published: %s", user.id, name, exc)
         return sub
 
     async def _load(self, room: Room) -> None:
@@ -155,21 +193,6 @@ class Engine:
         room.last = recent[-1].key if recent else ()
         buffered, room.loading = room.loading, None
         self._accept(room, buffered)
-
-    def _archive(
-        self, room: Room, since: str | None, missed: list[Event] | None
-    ) -> tuple[list[Event], bool]:
-        """The welcome's archive and ``resumed`` flag, built without awaiting anything."""
-        if missed is not None and since is not None:
-            # Events read from history but not yet delivered here will arrive live: leave them
-            # out so nobody receives an event twice.
-            missed = [e for e in missed if e.key <= room.last]
-            after = missed[-1].key if missed else id_key(since) or ()
-            archive = missed + [e for e in room.recent if e.key > after]
-            if len(archive) <= self.limits.resume_limit:
-                return archive, True
-        size = self.limits.archive_size
-        return (room.recent[-size:] if size else []), False
 
     async def _missed(self, room: Room, since: str) -> list[Event] | None:
         """Events after ``since`` read from history, or None when ``since`` is not kept.
@@ -202,10 +225,11 @@ class Engine:
     async def say(self, sub: Subscription, text: str) -> Event:
         """Publish a message from the subscriber's user; it is stored before anyone receives it.
 
-        Raises :class:`RateLimited` over the rate, :class:`BrokerUnavailable` if it cannot be
-        stored.
+        Raises :class:`RateLimited` over the room's rate or the user's across rooms,
+        :class:`BrokerUnavailable` if it cannot be stored.
         """
-        if not self._limiter.allow(sub.user.id, sub.room.name):
+        user_id = sub.user.id
+        if not (self._limiter.allow(user_id, sub.room.name) and self._user_limiter.allow(user_id, "")):
             self.stats.rate_limited += 1
             raise RateLimited()
         return await self.broker.publish(Draft("message", sub.room.name, sub.user, self._now(), text))
@@ -229,6 +253,7 @@ class Engine:
         room = sub.room
         room.subs.discard(sub)
         room.joining.pop(sub, None)
+        self.quota.release(sub.user.id)
         try:
             if await self.broker.disconnected(room.name, sub.user):
                 await self.broker.publish(Draft("leave", room.name, sub.user, self._now()))
@@ -237,13 +262,33 @@ class Engine:
         finally:
             self._release(room)
 
-    def close(self, code: int = GOING_AWAY[0], reason: str = GOING_AWAY[1]) -> None:
+    def close(self, code: int = GOING_AWAY.code, reason: str = GOING_AWAY.reason) -> None:
         """Take no new subscribers and close every socket (1001 on shutdown)."""
         self.closing = True
         for room in list(self.rooms.values()):
             self._flush(room)
             for sub in list(room.subs):
                 sub.sink.close(code, reason)
+
+    # -- sessions ended on the server -----------------------------------------------------
+
+    async def end_sessions(self, ended: Ended) -> None:
+        """End sessions everywhere: stored, then every worker refuses them and closes their
+        sockets. Raises :class:`BrokerUnavailable` when it cannot be stored."""
+        await self.broker.end_sessions(ended)
+
+    def sessions_ended(self, ended: Ended) -> None:
+        """Called by the broker on every worker: refuse these sessions from now on and close
+        the sockets that use them (1008 "signed out")."""
+        self.sessions.apply(ended)
+        for room in list(self.rooms.values()):
+            gone = [sub for sub in (*room.subs, *room.joining)
+                    if sub.session is not None and self.sessions.ended(sub.session)]
+            if gone:
+                self._flush(room)
+            for sub in gone:
+                room.subs.discard(sub)
+                sub.sink.close(*SIGNED_OUT.args)  # its handler's cancel() does the rest
 
     # -- delivery (called by the broker, in each room's one order) -----------------------
 
@@ -349,7 +394,7 @@ class Engine:
                 return
             self.stats.slow_consumers += 1
             log.info("closing slow consumer %s in %s", sub.user.id, sub.room.name)
-            sub.sink.close(*SLOW_CONSUMER)
+            sub.sink.close(*SLOW_CONSUMER.args)
 
     def _now(self) -> int:
         return int(self.clock() * 1000)
@@ -360,13 +405,7 @@ class Engine:
         count = await self.broker.history.forget_user(user_id)
         anonymous = User(user_id, FORGOTTEN_NAME, None)
         for room in self.rooms.values():
-            room.recent = [
-                Event(e.type, e.id, e.room, anonymous, e.timestamp, e.text)
-                if e.user.id == user_id else e
-                for e in room.recent
-            ]
-            if user_id in room.members:
-                room.put_member(anonymous)
+            room.forget(anonymous)
         return count
 
     # -- introspection ----------------------------------------------------------------------

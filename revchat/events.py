@@ -108,15 +108,36 @@ class Event:
         return _dumps(self.as_dict())
 
 
+MAX_ID_PART = 2**64 - 1
+"""The largest number in an id: Redis stream ids are two unsigned 64-bit numbers."""
+
+
 def id_key(event_id: str) -> tuple[int, ...] | None:
     """The sort key of an event id (``"42"`` or Redis's ``"1764489600123-0"``), or None if malformed.
 
-    Ids are opaque to clients; inside revchat they compare by this key.
+    Ids are opaque to clients; inside revchat they compare by this key. Only ASCII digits count
+    (``str.isdigit`` also takes "²"), and no part may exceed 64 bits, so any id that parses can be
+    handed to every store.
     """
     parts = event_id.split("-")
     if not 1 <= len(parts) <= 2 or not all(p.isascii() and p.isdigit() and len(p) <= 20 for p in parts):
         return None
-    return tuple(int(p) for p in parts) + (0,) * (2 - len(parts))
+    key = tuple(int(p) for p in parts)
+    if any(part > MAX_ID_PART for part in key):
+        return None
+    return key + (0,) * (2 - len(key))
+
+
+def storable(text: str) -> bool:
+    """True when ``text`` can be stored and sent as UTF-8: no lone surrogates (``"\\ud800"``),
+    which JSON lets a client send but no store and no WebSocket frame can carry."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def welcome_frame(room: str, you: User, members: str, archive: list[Event], resumed: bool) -> str:

@@ -39,8 +39,16 @@ from sanic.exceptions import NotFound
 from revchat.config import Settings
 from revchat.engine import Engine
 from revchat.events import User
-from revchat.sessions import Signer
-from revchat.web import page, set_short_cookie, settings_of, start_session
+from revchat.sessions import Ended, Signer, now_ms
+from revchat.web import (
+    TOO_MANY_SIGNINS,
+    client_address,
+    page,
+    set_short_cookie,
+    settings_of,
+    signin_allowed,
+    start_session,
+)
 
 log = logging.getLogger("revchat.facebook")
 
@@ -53,6 +61,7 @@ SCOPE = "public_profile"
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 TOTAL_TIMEOUT = 20.0
 MAX_NAME = 100
+MAX_URL = 2048
 FB_ID = re.compile(r"[0-9]{1,32}")
 DELETION_CODE = re.compile(r"([0-9a-f]{8})([0-9a-f]{12})([0-9a-f]{12})")
 
@@ -125,6 +134,9 @@ async def callback(request: Request) -> HTTPResponse:
     """Start the session of the Facebook user and 302 to ``/``; the sign-in page on failure."""
     settings = _configured(request)
     try:
+        if not signin_allowed(request):
+            raise SignInFailed(429, TOO_MANY_SIGNINS, "too many sign-ins from "
+                               f"{client_address(request)}")
         user = await _sign_in(request, settings)
     except SignInFailed as failed:
         log.warning("Facebook sign-in failed: %s", failed.detail)
@@ -218,12 +230,16 @@ def _profile_user(me: Any) -> User:
     if not isinstance(me, dict) or not FB_ID.fullmatch(str(me.get("id", ""))):
         _provider_failed(f"/me answered no usable id: {_short(me)}")
     spaced = " ".join(str(me.get("name") or "").split())
-    name = "".join(c for c in spaced if unicodedata.category(c) != "Cc")[:MAX_NAME]
+    # No control characters, and no lone surrogates ("\ud800" is valid JSON): nothing could
+    # store or send a name holding one.
+    name = "".join(c for c in spaced if unicodedata.category(c) not in {"Cc", "Cs"})[:MAX_NAME]
     picture = me.get("picture")
     data = picture.get("data") if isinstance(picture, dict) else None
     url = data.get("url") if isinstance(data, dict) else None
     # The page's CSP allows https images only; anything else would show as a broken image.
-    avatar = url if isinstance(url, str) and url.startswith("https://") else None
+    good = isinstance(url, str) and url.startswith("https://") and len(url) <= MAX_URL and \
+        url.isascii() and url.isprintable()
+    avatar = url if good else None
     return User(id=f"fb:{me['id']}", name=name or "Facebook user", avatar=avatar)
 
 
@@ -307,6 +323,8 @@ async def data_deletion(request: Request) -> HTTPResponse:
         log.warning("data deletion refused: signed_request missing, malformed or forged")
         return json_response({"error": "invalid signed_request"}, status=400)
     engine: Engine = request.app.ctx.engine
+    # Their sessions end everywhere first, then their name goes from what is stored.
+    await engine.end_sessions(Ended(users={f"fb:{user_id}": now_ms()}))
     count = await engine.forget_user(f"fb:{user_id}")
     code = deletion_code(settings, user_id)
     log.info("data deletion %s: anonymised %d stored events", code, count)

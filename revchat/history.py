@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from urllib.parse import urlsplit
 
 from revchat.events import Draft, Event, User, id_key
+from revchat.sessions import Ended, SessionBook
 
 
 class HistoryUnavailable(Exception):
@@ -62,6 +63,14 @@ class History(ABC):
     async def forget_user(self, user_id: str) -> int:
         """Anonymise a user's name and avatar in stored events (data deletion); return the count."""
 
+    @abstractmethod
+    async def ended_sessions(self) -> Ended:
+        """The sessions and users ended on the server that have not expired yet."""
+
+    @abstractmethod
+    async def end_sessions(self, ended: Ended) -> None:
+        """Keep ``ended`` (merged with what is kept) until its entries expire."""
+
     async def check(self) -> None:
         """Raise :class:`HistoryUnavailable` if the store cannot be used."""
 
@@ -80,6 +89,7 @@ class MemoryHistory(History):
         # Ids start from the clock, so a client resuming with an id from before a restart
         # never matches an unrelated event of this process.
         self._ids = itertools.count(time.time_ns() // 1000)
+        self._ended = SessionBook()
 
     async def append(self, drafts: Sequence[Draft]) -> list[Event]:
         events = [Event.stored(d, str(next(self._ids))) for d in drafts]
@@ -114,6 +124,13 @@ class MemoryHistory(History):
     async def export(self, room: str) -> AsyncIterator[Event]:
         for event in list(self._rooms.get(room, ())):
             yield event
+
+    async def ended_sessions(self) -> Ended:
+        self._ended.apply(Ended())
+        return self._ended.snapshot()
+
+    async def end_sessions(self, ended: Ended) -> None:
+        self._ended.apply(ended)
 
     async def forget_user(self, user_id: str) -> int:
         count = 0

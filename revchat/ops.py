@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -14,18 +15,21 @@ from revchat.engine import Engine
 from revchat.history import HistoryUnavailable
 
 bp = Blueprint("ops")
+log = logging.getLogger("revchat.ops")
 
 
 @bp.get("/healthz")
 async def healthz(request: Request) -> HTTPResponse:
-    """200 when history and broker work; 503 naming the part that does not."""
+    """200 when events can be stored and delivered; 503 naming the part that cannot (the
+    publisher, the history, the broker), never a path or an address."""
     engine: Engine = request.app.ctx.engine
     problem = engine.broker.problem()
     if problem is None:
         try:
             await engine.broker.history.check()
         except HistoryUnavailable as exc:
-            problem = f"history: {exc}"
+            log.warning("health check: %s", exc)  # the detail names a path or an address
+            problem = "history: it cannot be read"
     body = {
         "broker": engine.broker.name,
         "history": engine.broker.history.name,
@@ -65,8 +69,20 @@ class EngineCollector(Collector):
                                   stats.slow_consumers)
         yield CounterMetricFamily("revchat_rate_limited", "Messages refused by the rate limit.",
                                   stats.rate_limited)
+        commits = engine.broker.commit_stats
+        yield CounterMetricFamily("revchat_history_writes",
+                                  "Batches of events committed to the history (group commit).",
+                                  commits.batches)
+        yield CounterMetricFamily("revchat_history_events", "Events stored in the history.",
+                                  commits.events)
+        yield CounterMetricFamily("revchat_history_failures",
+                                  "Batches the history could not take (it was unavailable).",
+                                  commits.failed)
+        yield CounterMetricFamily("revchat_unexpected_errors",
+                                  "Errors nothing foresaw, each logged; the server went on.",
+                                  engine.faults.count)
         problem = engine.broker.problem()
-        yield GaugeMetricFamily("revchat_broker_up", "1 when the broker is usable.",
+        yield GaugeMetricFamily("revchat_broker_up", "1 when events can be published.",
                                 0 if problem else 1)
 
 

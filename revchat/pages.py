@@ -1,4 +1,4 @@
-"""The sign-in page, the room page and a room's history (SPEC §3)."""
+"""The sign-in page, the room page and a room's history."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ from sanic import Blueprint, HTTPResponse, Request, json, redirect
 from sanic.exceptions import BadRequest, NotFound
 
 from revchat.engine import Engine
-from revchat.events import ROOM_PATTERN, stored_room_name
+from revchat.events import ROOM_PATTERN, id_key, stored_room_name
+from revchat.protocol import RateLimiter, whole_number
 from revchat.web import current_user, page, settings_of
 
 bp = Blueprint("pages")
 
 HISTORY_PAGE = 50
 HISTORY_MAX = 200
+HISTORY_RATE = (5.0, 30)
+"""Scroll-back requests per user and second, and at once: every one is a read on the store."""
 
 
 def room_name(raw: str) -> str:
@@ -55,14 +58,20 @@ async def room_page(request: Request, room: str) -> HTTPResponse:
 async def history(request: Request, room: str) -> HTTPResponse:
     """Older events, oldest first: ``{"events": [...], "more": bool}``; 401 when not signed in."""
     name = room_name(room)
-    if current_user(request) is None:
+    user = current_user(request)
+    if user is None:
         return json({"error": "not signed in"}, status=401)
-    raw_limit = request.args.get("limit", str(HISTORY_PAGE))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= HISTORY_MAX:
+    limit = whole_number(request.args.get("limit", str(HISTORY_PAGE)), 1, HISTORY_MAX)
+    if limit is None:
         raise BadRequest(f"limit must be a whole number from 1 to {HISTORY_MAX}")
     before = request.args.get("before") or None
+    if before is not None and id_key(before) is None:
+        raise BadRequest("before must be an event id")
+    reads: RateLimiter = request.app.ctx.history_reads
+    if not reads.allow(user.id, ""):
+        return json({"error": "too many history requests; wait a moment"}, status=429)
     engine: Engine = request.app.ctx.engine
-    events, more = await engine.broker.history.before(name, before, int(raw_limit))
+    events, more = await engine.broker.history.before(name, before, limit)
     body = '{"events":[' + ",".join(e.json for e in events) + '],"more":' + \
         ("true" if more else "false") + "}"
     return HTTPResponse(body, content_type="application/json")

@@ -1,7 +1,10 @@
-"""What a client may send on the socket (SPEC §4), checked without I/O.
+"""What a client may send, checked without I/O: socket frames and the numbers in query strings.
 
 :func:`parse` turns one received frame into a :class:`Say` or :class:`Typing`, or raises
-:class:`BadFrame` carrying the error code and message the client is answered with.
+:class:`BadFrame` carrying the error code and message the client is answered with; nothing else
+escapes it, whatever the frame holds (see ``docs/protocol.md``). :func:`whole_number` reads a
+query-string number the same way. :class:`RateLimiter` and :class:`TokenBucket` are the budgets
+that bound what one client may cost.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from revchat.events import ErrorCode
+from revchat.events import ErrorCode, storable
 
 
 class BadFrame(Exception):
@@ -44,13 +47,17 @@ def parse(data: str | bytes, max_length: int) -> Command:
         frame = json.loads(data)
     except ValueError:
         raise BadFrame("bad_request", "the frame is not valid JSON") from None
+    except RecursionError:  # "[[[[...]]]]": the C decoder stops at the interpreter's depth limit
+        raise BadFrame("bad_request", "the frame is nested too deep") from None
     if not isinstance(frame, dict):
         raise BadFrame("bad_request", "the frame must be a JSON object")
     kind = frame.get("type")
     if kind == "typing":
         return Typing()
     if kind != "say":
-        raise BadFrame("bad_request", f"unknown frame type {str(kind)[:40]!r}")
+        # Echo a short, ASCII-only form of what was sent: the answer must itself be sendable.
+        shown = ascii(kind[:40]) if isinstance(kind, str) else type(kind).__name__
+        raise BadFrame("bad_request", f"unknown frame type {shown}")
     text = frame.get("text")
     if not isinstance(text, str):
         raise BadFrame("bad_request", "a say frame needs a text string")
@@ -59,7 +66,18 @@ def parse(data: str | bytes, max_length: int) -> Command:
         raise BadFrame("bad_request", "the message is empty")
     if len(text) > max_length:
         raise BadFrame("too_long", f"the message is longer than {max_length} characters")
+    if not storable(text):
+        raise BadFrame("bad_request", "the message is not valid Unicode text (a lone surrogate)")
     return Say(text)
+
+
+def whole_number(raw: str, low: int, high: int) -> int | None:
+    """``raw`` as an int from ``low`` to ``high``, or None: ASCII digits only (no sign, no
+    spaces, no "²", which ``str.isdigit`` accepts and ``int`` refuses)."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(high)):
+        return None
+    value = int(raw)
+    return value if low <= value <= high else None
 
 
 class RateLimiter:
@@ -96,3 +114,27 @@ class RateLimiter:
         for key, (tokens, last) in list(self._buckets.items()):
             if tokens + (now - last) * self.rate >= self.burst:
                 del self._buckets[key]
+
+
+class TokenBucket:
+    """One budget: ``burst`` at once, then ``rate`` per second (a socket's incoming frames)."""
+
+    __slots__ = ("_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if not rate > 0:
+            raise ValueError("a token bucket needs a rate above 0")
+        self.rate = rate
+        self.burst = max(1.0, burst)  # below one token nothing would ever pass
+        self._tokens = self.burst
+        self._last = now
+
+    def take(self, now: float) -> float:
+        """Take one token and return 0, or return the seconds until one is there (none taken)."""
+        tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return 0.0
+        self._tokens = tokens
+        return (1.0 - tokens) / self.rate

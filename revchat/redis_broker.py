@@ -28,10 +28,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from revchat.broker import Broker, BrokerUnavailable, GroupCommit
+from revchat.broker import Broker, BrokerUnavailable, CommitStats, GroupCommit
 from revchat.events import Draft, Event, User, dumps
+from revchat.history import HistoryUnavailable
 from revchat.redis_history import RedisHistory, entries, one_line, room_key
 from revchat.redis_presence import Change, Presence
+from revchat.sessions import Ended
 
 log = logging.getLogger("revchat.redis")
 
@@ -80,7 +82,8 @@ class RedisBroker(Broker):
         self._wake = f"{prefix}:wake:{self.worker}"
         self._wake_position = "0-0"
         self._commits = GroupCommit(self.history.append, lambda events: self._up(),
-                                    lambda exc: self._down(str(exc)), self.max_batch)
+                                    lambda exc: self._down(str(exc)), self.max_batch,
+                                    faults=self.faults)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._sends: set[asyncio.Task[None]] = set()
         self._unpublished: list[Draft] = []
@@ -136,7 +139,18 @@ class RedisBroker(Broker):
                 await client.aclose()
 
     def problem(self) -> str | None:
-        return f"broker: {self._failure}" if self._failure else None
+        stopped = self._commits.problem()
+        if stopped is not None:
+            return f"publisher: {stopped}"
+        reader = self._tasks.get("reader")
+        if reader is not None and reader.done():
+            return "broker: the reader has stopped"
+        # The detail (address, error) is in the log: a public endpoint names no address.
+        return "broker: redis is unreachable" if self._failure else None
+
+    @property
+    def commit_stats(self) -> CommitStats:
+        return self._commits.stats
 
     def _down(self, exc: BaseException | str) -> None:
         reason = exc if isinstance(exc, str) else f"{self.where} unreachable: {one_line(exc)}"
@@ -254,18 +268,38 @@ class RedisBroker(Broker):
             await self._redis.publish(f"{self.prefix}:typing", payload)
 
     async def _typing_loop(self) -> None:
-        await self._retrying("typing", self._listen_typing, health=False)
+        await self._retrying("typing", self._listen, health=False)
 
-    async def _listen_typing(self) -> None:
+    async def _listen(self) -> None:
+        """Relay other workers' typing notices and take in the sessions they end. Each time the
+        subscription starts (again), read every ended session: some may have been ended while
+        this worker was not listening."""
+        typing, ended = f"{self.prefix}:typing", f"{self.prefix}:ended"
         async with self._reader.pubsub(ignore_subscribe_messages=True) as pubsub:
-            await pubsub.subscribe(f"{self.prefix}:typing")
+            await pubsub.subscribe(typing, ended)
+            try:
+                self._tell_ended(await self.history.ended_sessions())
+            except HistoryUnavailable as exc:
+                raise ConnectionError(str(exc)) from exc  # start over, like any Redis error
             async for message in pubsub.listen():
                 try:
+                    if message["channel"] == ended:
+                        self._tell_ended(Ended.from_json(message["data"]))
+                        continue
                     notice = json.loads(message["data"])
                     if notice["worker"] != self.worker and self.listener is not None:
                         self.listener.relay(str(notice["room"]), User.from_dict(notice["user"]))
-                except (KeyError, TypeError, ValueError):
+                except (KeyError, TypeError, ValueError, AttributeError):
                     continue
+
+    async def end_sessions(self, ended: Ended) -> None:
+        """Keep ``ended`` in Redis, end the sessions here, and tell the other workers."""
+        await super().end_sessions(ended)
+        try:
+            await self._redis.publish(f"{self.prefix}:ended", ended.to_json())
+        except ERRORS as exc:
+            # Kept in Redis all the same: the others read it when they listen again.
+            log.warning("ended sessions not announced: %s", one_line(exc))
 
     # -- presence ---------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ ids, across every worker and machine that shares the Redis. Keys, under the depl
   (the user's JSON), ``ts`` (Unix ms) and ``text``.
 * ``{prefix}:forgotten`` — hash of user ids whose name and avatar are hidden on read
   (:meth:`RedisHistory.forget_user`): stream entries cannot be edited in place.
+* ``{prefix}:ended`` — hash of the sessions ended on the server (:meth:`RedisHistory.end_sessions`).
 
 Used through :class:`revchat.redis_broker.RedisBroker`, which owns the connection.
 """
@@ -24,6 +25,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from revchat.events import EVENT_TYPES, Draft, Event, User, id_key
 from revchat.history import FORGOTTEN_NAME, History, HistoryUnavailable
+from revchat.sessions import SESSION_MAX_AGE, Ended, now_ms
 
 log = logging.getLogger("revchat.redis")
 
@@ -138,6 +140,7 @@ class RedisHistory(History):
         self._append = client.register_script(APPEND)
         self._floors: dict[str, tuple[int, int]] = {}
         self._forgotten = f"{prefix}:forgotten"
+        self._ended = f"{prefix}:ended"
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -288,6 +291,33 @@ class RedisHistory(History):
                         break
                     start = f"({reply[-1][0]!s}"
         return count
+
+    async def ended_sessions(self) -> Ended:
+        """The ended sessions kept in ``{prefix}:ended`` (fields ``s:<session id>`` and
+        ``u:<user id>``, values Unix ms); what has expired is deleted on the way."""
+        with self._errors():
+            kept = await self._redis.hgetall(self._ended)
+        ended, expired, now = Ended(), [], now_ms()
+        for field, value in kept.items():
+            kind, _, key = str(field).partition(":")
+            until = int(value) if str(value).isascii() and str(value).isdigit() else -1
+            if kind == "s" and until >= now:
+                ended.sessions[key] = until
+            elif kind == "u" and until >= now - SESSION_MAX_AGE * 1000:
+                ended.users[key] = until
+            else:
+                expired.append(field)
+        if expired:
+            with self._errors():
+                await self._redis.hdel(self._ended, *expired)
+        return ended
+
+    async def end_sessions(self, ended: Ended) -> None:
+        mapping = {f"s:{k}": v for k, v in ended.sessions.items()} | \
+            {f"u:{k}": v for k, v in ended.users.items()}
+        if mapping:
+            with self._errors():
+                await self._redis.hset(self._ended, mapping=mapping)  # type: ignore[arg-type]
 
     async def check(self) -> None:
         with self._errors():

@@ -10,7 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from revchat.events import Event, User, dumps
+from revchat.events import Event, User, dumps, id_key
+from revchat.sessions import Session
 
 
 class Sink(Protocol):
@@ -26,11 +27,12 @@ class Sink(Protocol):
 class Subscription:
     """One socket in one room: it has received the archive and now receives live events."""
 
-    __slots__ = ("closed", "closed_transport", "room", "sink", "user", "write")
+    __slots__ = ("closed", "closed_transport", "room", "session", "sink", "user", "write")
 
-    def __init__(self, room: Room, user: User, sink: Sink) -> None:
+    def __init__(self, room: Room, user: User, sink: Sink, session: Session | None = None) -> None:
         self.room = room
         self.user = user
+        self.session = session
         self.sink = sink
         self.write = sink.write
         self.closed = False
@@ -81,6 +83,28 @@ class Room:
         elif event.type == "leave" and self.members.pop(event.user.id, None) is not None:
             del self._member_json[event.user.id]
             self._members_cache = None
+
+    def archive(self, since: str | None, missed: list[Event] | None, size: int,
+                resume_limit: int) -> tuple[list[Event], bool]:
+        """A welcome's archive and ``resumed`` flag: with ``since`` and the events ``missed``
+        after it read from history, everything after ``since`` (unless over ``resume_limit``);
+        otherwise the last ``size`` events. Built without awaiting anything."""
+        if missed is not None and since is not None:
+            # Events read from history but not yet delivered here will arrive live: leave them
+            # out so nobody receives an event twice.
+            missed = [e for e in missed if e.key <= self.last]
+            after = missed[-1].key if missed else id_key(since) or ()
+            archive = missed + [e for e in self.recent if e.key > after]
+            if len(archive) <= resume_limit:
+                return archive, True
+        return (self.recent[-size:] if size else []), False
+
+    def forget(self, anonymous: User) -> None:
+        """Show ``anonymous`` (same id) wherever its user's name and avatar were (data deletion)."""
+        self.recent = [Event(e.type, e.id, e.room, anonymous, e.timestamp, e.text)
+                       if e.user.id == anonymous.id else e for e in self.recent]
+        if anonymous.id in self.members:
+            self.put_member(anonymous)
 
     def members_frame(self) -> str:
         """The members as JSON for a welcome: each member is encoded once, when it joins."""

@@ -13,7 +13,10 @@ from sanic.worker.loader import AppLoader
 
 from revchat.app import create_app
 from revchat.broker import BrokerUnavailable, open_broker
-from revchat.config import SettingError, Settings, ensure_secret_key
+from revchat.config import SettingError, Settings
+from revchat.files import private_dir
+from revchat.socket import Protocol as SocketProtocol
+from revchat.startup import ensure_secret_key, uses_data_dir
 
 log = logging.getLogger("revchat")
 
@@ -49,7 +52,10 @@ def check_port(host: str, port: int) -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ServeError(f"port {port} on {host} is already in use") from None
-            raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            reason = exc.strerror or str(exc)
+            raise ServeError(f"cannot listen on {host!r}:{port}: {reason}") from None
+        except (ValueError, UnicodeError) as exc:  # a NUL or an unencodable name
+            raise ServeError(f"cannot listen on {host!r}: {exc}") from None
 
 
 def run(settings: Settings) -> None:
@@ -57,8 +63,12 @@ def run(settings: Settings) -> None:
     logging.getLogger("revchat").setLevel(settings.log_level.upper())
     try:
         settings = ensure_secret_key(settings)
+        if uses_data_dir(settings):
+            private_dir(settings.data_dir)
     except SettingError as exc:
         raise ServeError(str(exc)) from None
+    except OSError as exc:
+        raise ServeError(f"cannot use the data dir {settings.data_dir}: {exc.strerror}") from None
     check_port(settings.host, settings.port)
     preflight(settings)
     if settings.guests and not settings.facebook:
@@ -76,7 +86,7 @@ def run(settings: Settings) -> None:
     app.prepare(host=settings.host, port=settings.port, workers=settings.workers,
                 single_process=settings.workers == 1, motd=False, access_log=False,
                 # a join storm arrives faster than one accept loop: don't drop SYNs at 100
-                backlog=4096)
+                backlog=4096, protocol=SocketProtocol)
     if settings.workers == 1:
         Sanic.serve_single(primary=app)
     else:

@@ -1,76 +1,163 @@
-"""Signed cookies: the session (who you are) and short-lived values such as OAuth state.
+"""Sessions: who a signed cookie says you are, and which sessions the server has ended.
 
-A value is ``base64url(json) "." base64url(HMAC-SHA256(key, purpose "|" payload))``; the JSON
-carries its issue time, so a cookie expires even if a browser keeps it. No framework imports:
-the web layer sets and reads the cookies.
+A signed value is itsdangerous's ``URLSafeSerializer`` (HMAC-SHA256, a salt per purpose) over a
+JSON object that carries its own issue time ``t`` (Unix ms): checked here, with five minutes'
+leeway for servers whose clocks differ, so a copied cookie still expires. A session cookie holds
+``{"u": USER, "s": SESSION_ID, "t": ISSUED}``.
+
+A signature alone cannot be taken back, so the server also keeps what it has ended
+(:class:`Ended`): session ids signed out (until they would have expired anyway) and, per user, a
+time before which every session is void (data deletion). Every worker holds that list in a
+:class:`SessionBook`, so checking a cookie stays a signature and a dictionary lookup. No
+framework imports: the web layer sets and reads the cookies.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
+import secrets
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from revchat.events import User
+from itsdangerous import BadData, URLSafeSerializer
+
+from revchat.events import User, storable
 
 SESSION_COOKIE = "revchat_session"
 SESSION_MAX_AGE = 30 * 24 * 3600
+"""Seconds a session lasts unless it is ended sooner."""
+CLOCK_SKEW = 300
+"""Seconds a value may seem to come from the future (another server's clock)."""
+MAX_TOKEN = 8192
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class Signer:
-    """Signs and checks JSON values for one purpose ("session", "oauth", ...)."""
+    """Signs and checks JSON objects for one purpose ("session", "oauth", ...)."""
 
     def __init__(self, secret_key: str, purpose: str) -> None:
-        self._key = hashlib.sha256(f"revchat|{purpose}|{secret_key}".encode()).digest()
+        self._serializer = URLSafeSerializer(
+            secret_key, salt=f"revchat.{purpose}", signer_kwargs={"digest_method": hashlib.sha256})
 
-    def _mac(self, payload: str) -> str:
-        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+    def dumps(self, value: Mapping[str, Any], now: int | None = None) -> str:
+        """``value`` signed, with its issue time ``t`` (Unix ms; now unless given)."""
+        return self._serializer.dumps(dict(value, t=now_ms() if now is None else now))
 
-    def dumps(self, value: dict[str, Any], now: float | None = None) -> str:
-        body = dict(value, iat=int(time.time() if now is None else now))
-        payload = _b64(json.dumps(body, separators=(",", ":")).encode())
-        return f"{payload}.{self._mac(payload)}"
+    def loads(self, token: str | None, max_age: float, now: int | None = None) -> dict[str, Any] | None:
+        """The value, or None if the token is missing, tampered with, malformed or too old.
 
-    def loads(self, token: str | None, max_age: float, now: float | None = None) -> dict[str, Any] | None:
-        """The value, or None if the token is missing, tampered with, malformed or too old."""
-        if not token or token.count(".") != 1 or len(token) > 8192:
-            return None
-        payload, mac = token.split(".")
-        if not hmac.compare_digest(mac, self._mac(payload)):
+        Never raises, whatever ``token`` holds.
+        """
+        if not token or len(token) > MAX_TOKEN:
             return None
         try:
-            body = json.loads(_unb64(payload))
-        except ValueError:
+            body = self._serializer.loads(token)
+        except (BadData, ValueError, TypeError, UnicodeError, RecursionError):
             return None
-        if not isinstance(body, dict) or not isinstance(body.get("iat"), int):
+        issued = body.get("t") if isinstance(body, dict) else None
+        if type(issued) is not int:
             return None
-        age = (time.time() if now is None else now) - body["iat"]
-        if age > max_age or age < -300:
+        age = ((now_ms() if now is None else now) - issued) / 1000
+        if age > max_age or age < -CLOCK_SKEW:
             return None
-        return body
+        found: dict[str, Any] = body
+        return found
 
 
-def session_token(signer: Signer, user: User) -> str:
-    return signer.dumps({"user": user.as_dict()})
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One sign-in: its random id, the user, and when it began (Unix ms)."""
+
+    id: str
+    user: User
+    issued: int
+
+    @property
+    def expires(self) -> int:
+        """When the cookie stops working by itself (Unix ms)."""
+        return self.issued + SESSION_MAX_AGE * 1000
 
 
-def session_user(signer: Signer, token: str | None) -> User | None:
-    """The signed-in user named by a session cookie, or None."""
+def new_session(user: User, now: int | None = None) -> Session:
+    return Session(secrets.token_urlsafe(16), user, now_ms() if now is None else now)
+
+
+def session_token(signer: Signer, session: Session) -> str:
+    return signer.dumps({"u": session.user.as_dict(), "s": session.id}, now=session.issued)
+
+
+def read_session(signer: Signer, token: str | None) -> Session | None:
+    """The session a cookie names, or None (missing, forged, expired or malformed)."""
     body = signer.loads(token, SESSION_MAX_AGE)
     if body is None:
         return None
-    try:
-        return User.from_dict(body["user"])
-    except (KeyError, TypeError):
+    sid, data = body.get("s"), body.get("u")
+    if not isinstance(sid, str) or not sid or not isinstance(data, dict):
         return None
+    try:
+        user = User.from_dict(data)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (storable(user.id) and storable(user.name)):
+        return None
+    return Session(sid, user, body["t"])
+
+
+@dataclass
+class Ended:
+    """What the server has ended: session ids, each with the time it would have expired anyway
+    (Unix ms), and user ids, each with a time before which all their sessions are void."""
+
+    sessions: dict[str, int] = field(default_factory=dict)
+    users: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"sessions": self.sessions, "users": self.users}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Ended:
+        """Parse :meth:`to_json`'s output; raises ``ValueError`` for anything else."""
+        data = json.loads(text)
+        sessions, users = data.get("sessions"), data.get("users")
+        if not isinstance(sessions, dict) or not isinstance(users, dict):
+            raise ValueError("not an Ended value")
+        return cls({str(k): int(v) for k, v in sessions.items()},
+                   {str(k): int(v) for k, v in users.items()})
+
+
+class SessionBook:
+    """This worker's copy of :class:`Ended`: is a session still good?"""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, int] = {}
+        self._users: dict[str, int] = {}
+
+    def ended(self, session: Session) -> bool:
+        """True when the session was signed out, or its user's sessions were ended after it began."""
+        if session.id in self._sessions:
+            return True
+        before = self._users.get(session.user.id)
+        return before is not None and session.issued <= before
+
+    def apply(self, ended: Ended, now: int | None = None) -> None:
+        """Add what ``ended`` holds; forget what has expired by itself meanwhile."""
+        now = now_ms() if now is None else now
+        self._sessions.update(ended.sessions)
+        for user_id, before in ended.users.items():
+            self._users[user_id] = max(before, self._users.get(user_id, before))
+        horizon = now - SESSION_MAX_AGE * 1000
+        self._sessions = {sid: t for sid, t in self._sessions.items() if t >= now}
+        self._users = {uid: t for uid, t in self._users.items() if t >= horizon}
+
+    def snapshot(self) -> Ended:
+        """What the book holds, as an :class:`Ended` (a copy)."""
+        return Ended(dict(self._sessions), dict(self._users))
+
+    def __len__(self) -> int:
+        return len(self._sessions) + len(self._users)

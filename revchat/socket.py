@@ -1,5 +1,5 @@
-"""The chat socket, ``WS /rooms/{room}/socket?since=ID`` (SPEC §4): Sanic on one side, the
-engine on the other.
+"""The chat socket, ``WS /rooms/{room}/socket?since=ID`` (``docs/protocol.md``): Sanic on one
+side, the engine on the other.
 
 The handshake is refused (403) before any upgrade without a valid session or from a foreign
 Origin. Server frames are written straight to the transport, pre-framed: one encoding per event
@@ -17,18 +17,21 @@ import time
 
 from sanic import Blueprint, Request
 from sanic.exceptions import Forbidden, ServiceUnavailable
+from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from revchat.broker import BrokerUnavailable
+from revchat.broker import BrokerUnavailable, Unstorable
+from revchat.codes import GOING_AWAY, NO_PONG, TOO_MANY_SOCKETS, UNAVAILABLE
 from revchat.engine import Closing, Engine, RateLimited
 from revchat.events import ROOM_PATTERN, ErrorCode, error_frame
 from revchat.history import HistoryUnavailable
 from revchat.pages import room_name
-from revchat.protocol import BadFrame, Say, parse
+from revchat.protocol import BadFrame, Say, TokenBucket, parse
+from revchat.quota import TooManySockets
 from revchat.room import Subscription
-from revchat.web import current_user, origin_allowed, settings_of
+from revchat.web import current_session, current_user, origin_allowed, settings_of
 
 bp = Blueprint("socket")
 log = logging.getLogger("revchat.socket")
@@ -104,7 +107,7 @@ class Pinger:
             if pong is not None and not pong.done():
                 if self.timeout and now - sent >= self.timeout:
                     del self._sockets[ws]
-                    ws.fail_connection(1011, "no answer to ping")
+                    ws.fail_connection(*NO_PONG.args)
                 continue
             if now - sent >= self.interval:
                 self._sockets[ws] = (now, self._ping(ws))
@@ -121,6 +124,27 @@ class Pinger:
         for chunk in ws.ws_proto.data_to_send():
             transport.write(chunk)
         return pong
+
+
+class Protocol(WebSocketProtocol):
+    """Sanic's WebSocket protocol, with back-pressure both ways: while the transport cannot
+    write (the peer does not read), it does not read either. Sanic answers every ping with a
+    pong it awaits writing, in a task per read; without this, a client that sends pings and
+    reads nothing grows the server's memory as fast as it can send."""
+
+    __slots__ = ()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[no-untyped-call]
+        if self.websocket is not None and self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()  # type: ignore[no-untyped-call]
+        inbox = getattr(self.websocket, "assembler", None)
+        if self.websocket is not None and self.transport is not None and \
+                not getattr(inbox, "full", False):
+            self.transport.resume_reading()
 
 
 @bp.on_request
@@ -144,6 +168,7 @@ class Inbox:
     """
 
     def __init__(self, ws: WebsocketImplProtocol, limit: int = 64) -> None:
+        self._io = ws.io_proto
         self._transport = ws.io_proto.transport  # type: ignore[union-attr]
         # A list and one waiter: an idle socket costs less than a deque and an asyncio.Event.
         self._messages: list[str | bytes] = []
@@ -151,7 +176,8 @@ class Inbox:
         self._chunks: list[bytes | bytearray | memoryview] = []
         self._text = True
         self._limit = limit
-        self._paused = False
+        self.full = False
+        """Reading is paused because ``limit`` messages wait (see :class:`Protocol`)."""
         previous = ws.assembler
         ws.assembler = self  # type: ignore[assignment]
         # A message that arrived before the handler started waits in Sanic's assembler.
@@ -183,9 +209,9 @@ class Inbox:
         self._messages.append(message)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
-        if len(self._messages) >= self._limit and not self._paused and self._transport:
+        if len(self._messages) >= self._limit and not self.full and self._transport:
             self._transport.pause_reading()
-            self._paused = True
+            self.full = True
 
     async def get(self) -> str | bytes:
         while not self._messages:
@@ -195,9 +221,10 @@ class Inbox:
             finally:
                 self._waiter = None
         message = self._messages.pop(0)
-        if self._paused and len(self._messages) < self._limit // 2 and self._transport:
-            self._transport.resume_reading()
-            self._paused = False
+        if self.full and len(self._messages) < self._limit // 2 and self._transport:
+            self.full = False
+            if self._io is None or self._io._can_write.is_set():  # else resume_writing() will
+                self._transport.resume_reading()
         return message
 
     def drain(self) -> list[str | bytes]:
@@ -210,33 +237,51 @@ class Inbox:
 @bp.websocket(f"/rooms/<room:{ROOM_PATTERN}>/socket")
 async def socket(request: Request, ws: WebsocketImplProtocol, room: str) -> None:
     """Welcome, then relay the client's ``say`` and ``typing`` until either side closes."""
-    user = current_user(request)
-    assert user is not None  # check_handshake refused the upgrade otherwise
+    session = current_session(request)
+    assert session is not None  # check_handshake refused the upgrade otherwise
     engine: Engine = request.app.ctx.engine
+    settings = settings_of(request)
     inbox = Inbox(ws)
     try:
-        sub = await engine.subscribe(room_name(room), user, WebSocketSink(ws),
-                                     request.args.get("since") or None)
+        sub = await engine.subscribe(room_name(room), session.user, WebSocketSink(ws),
+                                     request.args.get("since") or None, session)
     except Closing:
-        await ws.close(1001, "server shutting down")
+        await ws.close(*GOING_AWAY.args)
+        return
+    except TooManySockets as exc:
+        await ws.close(TOO_MANY_SOCKETS, str(exc))
         return
     except (BrokerUnavailable, HistoryUnavailable) as exc:
         # The page retries with backoff; 1013 is "try again later".
         log.warning("socket for %s refused: %s", room, exc)
-        await ws.close(1013, "service unavailable, try again later")
+        await ws.close(*UNAVAILABLE.args)
         return
-    max_length = settings_of(request).max_message_length
+    # From here on the subscription is ours: whatever ends this handler (the client leaving
+    # cancels it at any await), the finally clause finishes it.
     pinger: Pinger | None = request.app.ctx.pinger
-    if pinger is not None:
-        pinger.add(ws)
     try:
+        if pinger is not None:
+            pinger.add(ws)
+        budget = TokenBucket(settings.frame_rate, 2 * settings.frame_rate, time.monotonic()) \
+            if settings.frame_rate > 0 else None
         while True:
-            await handle(engine, sub, await inbox.get(), max_length)
+            data = await inbox.get()
+            if budget is not None:
+                await pace(budget)
+            await handle(engine, sub, data, settings.max_message_length)
     finally:
         if pinger is not None:
             pinger.discard(ws)
         # Sanic cancels this handler when the connection closes; finish in a task of our own.
-        await asyncio.shield(finish(engine, sub, inbox, max_length))
+        await asyncio.shield(finish(engine, sub, inbox, settings.max_message_length))
+
+
+async def pace(budget: TokenBucket) -> None:
+    """Wait for the socket's next frame token: meanwhile its inbox fills and reading stops."""
+    wait = budget.take(time.monotonic())
+    while wait > 0:
+        await asyncio.sleep(wait)  # the pacing itself, not a wait for an event
+        wait = budget.take(time.monotonic())
 
 
 async def finish(engine: Engine, sub: Subscription, inbox: Inbox, max_length: int) -> None:
@@ -249,7 +294,11 @@ async def finish(engine: Engine, sub: Subscription, inbox: Inbox, max_length: in
 
 
 async def handle(engine: Engine, sub: Subscription, data: str | bytes, max_length: int) -> None:
-    """Act on one client frame; a bad one is answered with an error frame and changes nothing."""
+    """Act on one client frame; a bad one is answered with an error frame and changes nothing.
+
+    No exception escapes but cancellation: what nothing foresaw is logged, counted and answered
+    with ``unavailable``, and the socket stays open.
+    """
     try:
         command = parse(data, max_length)
         if isinstance(command, Say):
@@ -260,8 +309,14 @@ async def handle(engine: Engine, sub: Subscription, data: str | bytes, max_lengt
         tell(engine, sub, exc.code, exc.message)
     except RateLimited:
         tell(engine, sub, "rate_limited", "you are sending messages too fast; wait a moment")
-    except BrokerUnavailable as exc:
-        tell(engine, sub, "unavailable", f"the message was not sent: {exc}")
+    except Unstorable:
+        tell(engine, sub, "bad_request", "the message cannot be stored")
+    except BrokerUnavailable:
+        tell(engine, sub, "unavailable", "the message was not sent: the server cannot store "
+             "messages right now; try again in a moment")
+    except Exception as exc:
+        engine.faults.record("handling a frame", exc)
+        tell(engine, sub, "unavailable", "the server could not handle this frame")
 
 
 def tell(engine: Engine, sub: Subscription, code: ErrorCode, message: str) -> None:

@@ -17,10 +17,13 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from revchat.events import Draft, Event, EventType, User
+from revchat.files import DIR_MODE, private_file
 from revchat.history import FORGOTTEN_NAME, History, HistoryUnavailable
+from revchat.sessions import SESSION_MAX_AGE, Ended, now_ms
 
 log = logging.getLogger("revchat.sqlite")
 
@@ -35,6 +38,13 @@ MIGRATIONS: list[list[str]] = [
             user_id TEXT NOT NULL, user_name TEXT NOT NULL, user_avatar TEXT NULL,
             ts INTEGER NOT NULL, text TEXT NOT NULL)""",
         "CREATE INDEX IF NOT EXISTS events_room_id ON events (room, id)",
+    ],
+    [
+        # Sessions ended on the server: kind 's' (a session id, until it expires by itself) or
+        # 'u' (a user id, every session begun before `until`).
+        """CREATE TABLE IF NOT EXISTS ended (
+            kind TEXT NOT NULL, key TEXT NOT NULL, until INTEGER NOT NULL,
+            PRIMARY KEY (kind, key)) WITHOUT ROWID""",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -167,8 +177,15 @@ class SQLiteHistory(History):
         self._next_retention = asyncio.get_running_loop().time() + self.retention_interval
 
     def _connect(self) -> sqlite3.Connection:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
+        if self.path != ":memory:" and not self.path.startswith("file:"):
+            # The database and its -wal/-shm files (SQLite gives them the database's mode) are
+            # private; a directory made for them too (an existing one is the operator's).
+            path = Path(os.path.abspath(self.path))
+            path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            private_file(path)
+            for extra in ("-wal", "-shm"):
+                if Path(f"{path}{extra}").exists():
+                    private_file(Path(f"{path}{extra}"))
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, nothing implicit.
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                check_same_thread=False)
@@ -307,6 +324,28 @@ class SQLiteHistory(History):
         sql = "UPDATE events SET user_name = ?, user_avatar = NULL WHERE user_id = ?"
         return await self._run(_changes(sql, (FORGOTTEN_NAME, user_id)), "forget user",
                                write=True)
+
+    # -- ended sessions ----------------------------------------------------------------------
+
+    async def ended_sessions(self) -> Ended:
+        def load(conn: sqlite3.Connection) -> list[Any]:
+            now = now_ms()
+            conn.execute("DELETE FROM ended WHERE (kind = 's' AND until < ?) OR (kind = 'u' AND until < ?)",
+                         (now, now - SESSION_MAX_AGE * 1000))
+            return conn.execute("SELECT kind, key, until FROM ended").fetchall()
+
+        rows = await self._run(load, "read ended sessions", write=True)
+        ended = Ended()
+        for kind, key, until in rows:
+            (ended.sessions if kind == "s" else ended.users)[key] = until
+        return ended
+
+    async def end_sessions(self, ended: Ended) -> None:
+        rows = [("s", k, v) for k, v in ended.sessions.items()] + \
+            [("u", k, v) for k, v in ended.users.items()]
+        sql = ("INSERT INTO ended (kind, key, until) VALUES (?, ?, ?) ON CONFLICT (kind, key)"
+               " DO UPDATE SET until = max(until, excluded.until)")
+        await self._run(lambda conn: conn.executemany(sql, rows), "end sessions", write=True)
 
     # -- retention ---------------------------------------------------------------------------
 

@@ -11,7 +11,17 @@ from sanic_ext import render
 
 from revchat.config import Settings
 from revchat.events import User
-from revchat.sessions import SESSION_COOKIE, SESSION_MAX_AGE, Signer, session_token, session_user
+from revchat.protocol import RateLimiter
+from revchat.sessions import (
+    SESSION_COOKIE,
+    SESSION_MAX_AGE,
+    Session,
+    SessionBook,
+    Signer,
+    new_session,
+    read_session,
+    session_token,
+)
 
 PACKAGE = Path(__file__).resolve().parent
 TEMPLATES = PACKAGE / "templates"
@@ -26,10 +36,37 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
+def current_session(request: Request) -> Session | None:
+    """The session the request's cookie names, or None: no cookie, a forged, expired or
+    malformed one, or a session the server has ended (signed out, data deleted)."""
+    ctx = request.ctx
+    if not hasattr(ctx, "session"):
+        signer: Signer = request.app.ctx.session_signer
+        session = read_session(signer, request.cookies.get(SESSION_COOKIE))
+        book: SessionBook = request.app.ctx.engine.sessions
+        ctx.session = None if session is None or book.ended(session) else session
+    found: Session | None = ctx.session
+    return found
+
+
 def current_user(request: Request) -> User | None:
-    """The user the request's session cookie names, or None (no, expired or forged cookie)."""
-    signer: Signer = request.app.ctx.session_signer
-    return session_user(signer, request.cookies.get(SESSION_COOKIE))
+    """The user of :func:`current_session`, or None."""
+    session = current_session(request)
+    return session.user if session is not None else None
+
+
+def client_address(request: Request) -> str:
+    """Who is asking: the peer's address, or the one ``--trusted-proxies`` proxies forwarded."""
+    return request.client_ip or "unknown"
+
+
+def signin_allowed(request: Request) -> bool:
+    """Take one of the client address's sign-ins (``--signin-rate``); False when none is left."""
+    limiter: RateLimiter = request.app.ctx.signins
+    return limiter.allow(client_address(request), "")
+
+
+TOO_MANY_SIGNINS = "Too many sign-ins from your network just now. Please try again in a minute."
 
 
 def origin_allowed(request: Request) -> bool:
@@ -44,9 +81,12 @@ def require_same_origin(request: Request) -> None:
         raise Forbidden("cross-origin request refused")
 
 
-def start_session(request: Request, response: HTTPResponse, user: User) -> None:
+def start_session(request: Request, response: HTTPResponse, user: User) -> Session:
+    """Sign ``user`` in: a new session, its cookie set on ``response``."""
     signer: Signer = request.app.ctx.session_signer
-    _set_cookie(request, response, SESSION_COOKIE, session_token(signer, user), SESSION_MAX_AGE)
+    session = new_session(user)
+    _set_cookie(request, response, SESSION_COOKIE, session_token(signer, session), SESSION_MAX_AGE)
+    return session
 
 
 def end_session(request: Request, response: HTTPResponse) -> None:

@@ -19,19 +19,23 @@ from sanic import Sanic
 from websockets.asyncio.client import ClientConnection
 
 from revchat.app import create_app
-from revchat.config import Settings
+from revchat.config import Settings, load
 from revchat.engine import Engine
+from revchat.socket import Protocol as SocketProtocol
 
 Sanic.test_mode = True
 
 
 def make_settings(tmp_path: Path, **changes: Any) -> Settings:
-    """Settings for a test: memory history, a fixed secret key, limits as SPEC §4 states them."""
-    base = Settings(
-        data_dir=tmp_path, history="memory://", secret_key="test-secret-" + "x" * 32,
-        ping_interval=20.0, write_delay=1.0,
-    )
-    return replace(base, **changes)
+    """Settings for a test: memory history, a fixed secret key, the default limits; ``changes``
+    go through the same loading as flags, so derived values follow (``rate=0`` turns the user
+    rate and frame pacing off too)."""
+    flags = {"data_dir": tmp_path, "history": "memory://", "secret_key": TEST_KEY,
+             "ping_interval": 20.0, "write_delay": 1.0, **changes}
+    return load(flags, environ={}).settings
+
+
+TEST_KEY = "test-secret-" + "x" * 32
 
 
 def free_socket(port: int = 0) -> socket.socket:
@@ -110,7 +114,8 @@ async def serving(app: Sanic, sock: socket.socket,
                   drain: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[None]:
     """Serve ``app`` on a bound socket in this event loop, with its listeners, then stop it
     as SIGTERM would (``drain`` runs after the sockets close, before the last listeners)."""
-    server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False)
+    server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False,
+                                     protocol=SocketProtocol)
     assert server is not None
     await server.startup()
     await server.before_start()
