@@ -12,7 +12,7 @@ from sanic import HTTPResponse, Request, Sanic, json
 from sanic.exceptions import SanicException
 from sanic_ext import Config as ExtConfig
 
-from revchat import auth, facebook, ops, pages, socket
+from revchat import auth, facebook, ops, pages, redact, socket
 from revchat.broker import BrokerUnavailable, open_broker
 from revchat.config import Settings
 from revchat.engine import Engine, Limits
@@ -40,6 +40,7 @@ def create_app(settings: Settings, name: str = "revchat") -> App:
     """A configured revchat app; its engine, broker and history open when the server starts."""
     if not settings.secret_key:
         raise ValueError("settings.secret_key is empty: call config.ensure_secret_key() first")
+    redact.install()
     app = Sanic(name)
     app.config.update(
         WEBSOCKET_MAX_SIZE=settings.max_frame_size,

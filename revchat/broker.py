@@ -19,7 +19,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from revchat.config import Settings
-from revchat.events import Draft, Event, User
+from revchat.events import Draft, Event, User, storable
 from revchat.faults import Faults, one_line
 from revchat.history import History, HistoryUnavailable, open_history
 from revchat.sessions import Ended
@@ -195,8 +195,15 @@ class GroupCommit:
         return None
 
     def submit(self, draft: Draft) -> asyncio.Future[Event]:
-        """Queue a draft now (so submission order is store order); the future is its event."""
+        """Queue a draft now (so submission order is store order); the future is its event.
+
+        A draft that no store could keep or no socket send (text or user that is not valid
+        Unicode) fails at once with :class:`Unstorable`, whatever the caller checked before.
+        """
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        if not storable_draft(draft):
+            future.set_exception(Unstorable("the message is not valid Unicode text"))
+            return future
         if not self.running:
             reason = "the server is shutting down" if self._stopping else "the publisher is not running"
             future.set_exception(BrokerUnavailable(reason))
@@ -294,6 +301,13 @@ class GroupCommit:
         exc = task.exception()
         log.error("the publisher stopped: %s", one_line(exc) if exc else "it returned",
                   exc_info=exc)
+
+
+def storable_draft(draft: Draft) -> bool:
+    """True when every text of the draft can be stored and sent as UTF-8."""
+    user = draft.user
+    return storable(draft.text) and storable(user.id) and storable(user.name) and \
+        (user.avatar is None or storable(user.avatar))
 
 
 def fail(batch: Sequence[tuple[Draft, asyncio.Future[Event]]], reason: str) -> None:

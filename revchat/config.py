@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import platformdirs
 
@@ -67,10 +67,19 @@ def _bool(raw: str) -> bool:
     raise SettingError(f"{raw!r} is not true or false")
 
 
+def _split(value: str) -> SplitResult:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        raise SettingError(f"{value!r} is not a URL: {exc}") from None
+    return parts
+
+
 def _url(*schemes: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip()
-        scheme = urlsplit(value).scheme
+        scheme = _split(value).scheme
         if scheme not in schemes:
             wanted = " or ".join(f"{s}://" for s in schemes)
             raise SettingError(f"{value!r} has an unknown scheme (expected {wanted})")
@@ -81,12 +90,13 @@ def _url(*schemes: str) -> Callable[[str], str]:
 
 def _public_url(raw: str) -> str:
     value = raw.strip().rstrip("/")
-    parts = urlsplit(value)
+    parts = _split(value)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise SettingError(f"{value!r} is not an http:// or https:// URL")
-    if parts.path or parts.query or parts.fragment:
+    if parts.path or parts.query or parts.fragment or "@" in parts.netloc:
         raise SettingError(f"{value!r} must be an origin only (no path), e.g. https://chat.example.org")
-    return value
+    # As browsers send it in Origin: scheme and host in lower case.
+    return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
 MIN_SECRET_KEY = 32
@@ -103,7 +113,10 @@ def _secret_key(raw: str) -> str:
 
 
 def _path(raw: str) -> Path:
-    return Path(raw.strip()).expanduser().absolute()
+    try:
+        return Path(raw.strip()).expanduser().absolute()
+    except RuntimeError as exc:  # "~nobody": no such user's home
+        raise SettingError(f"{raw.strip()!r}: {exc}") from None
 
 
 def _choice(*choices: str) -> Callable[[str], str]:

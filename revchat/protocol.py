@@ -10,6 +10,7 @@ that bound what one client may cost.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ def parse(data: str | bytes, max_length: int) -> Command:
 def whole_number(raw: str, low: int, high: int) -> int | None:
     """``raw`` as an int from ``low`` to ``high``, or None: ASCII digits only (no sign, no
     spaces, no "²", which ``str.isdigit`` accepts and ``int`` refuses)."""
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(high)):
+    if not (raw.isascii() and raw.isdigit()) or len(raw.lstrip("0")) > len(str(high)):
         return None
     value = int(raw)
     return value if low <= value <= high else None
@@ -116,6 +117,9 @@ class RateLimiter:
                 del self._buckets[key]
 
 
+_EPSILON = 1e-9
+
+
 class TokenBucket:
     """One budget: ``burst`` at once, then ``rate`` per second (a socket's incoming frames)."""
 
@@ -133,8 +137,9 @@ class TokenBucket:
         """Take one token and return 0, or return the seconds until one is there (none taken)."""
         tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
-        if tokens >= 1.0:
-            self._tokens = tokens - 1.0
+        if tokens >= 1.0 - _EPSILON:  # after waiting what it said, rounding must not starve it
+            self._tokens = max(0.0, tokens - 1.0)
             return 0.0
         self._tokens = tokens
-        return (1.0 - tokens) / self.rate
+        # A few ulps more than exact: `now + wait - last` must not round below what is needed.
+        return (1.0 - tokens) / self.rate + 4 * math.ulp(now)

@@ -63,8 +63,8 @@ class Signer:
         issued = body.get("t") if isinstance(body, dict) else None
         if type(issued) is not int:
             return None
-        age = ((now_ms() if now is None else now) - issued) / 1000
-        if age > max_age or age < -CLOCK_SKEW:
+        age = (now_ms() if now is None else now) - issued  # ms, in ints: any size compares
+        if age > max_age * 1000 or age < -CLOCK_SKEW * 1000:
             return None
         found: dict[str, Any] = body
         return found
@@ -104,7 +104,8 @@ def read_session(signer: Signer, token: str | None) -> Session | None:
         user = User.from_dict(data)
     except (KeyError, TypeError, ValueError):
         return None
-    if not (storable(user.id) and storable(user.name)):
+    texts = (sid, user.id, user.name, user.avatar or "")
+    if not all(storable(text) for text in texts):
         return None
     return Session(sid, user, body["t"])
 
@@ -122,13 +123,18 @@ class Ended:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Ended:
-        """Parse :meth:`to_json`'s output; raises ``ValueError`` for anything else."""
-        data = json.loads(text)
-        sessions, users = data.get("sessions"), data.get("users")
+        """Parse :meth:`to_json`'s output; raises ``ValueError`` (only) for anything else."""
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise ValueError("not an Ended value: nested too deep") from None
+        sessions = data.get("sessions") if isinstance(data, dict) else None
+        users = data.get("users") if isinstance(data, dict) else None
         if not isinstance(sessions, dict) or not isinstance(users, dict):
             raise ValueError("not an Ended value")
-        return cls({str(k): int(v) for k, v in sessions.items()},
-                   {str(k): int(v) for k, v in users.items()})
+        if not all(type(v) is int for v in (*sessions.values(), *users.values())):
+            raise ValueError("an Ended value's times are whole numbers")
+        return cls({str(k): v for k, v in sessions.items()}, {str(k): v for k, v in users.items()})
 
 
 class SessionBook:

@@ -159,6 +159,9 @@ async def check_handshake(request: Request) -> None:
         raise ServiceUnavailable("too many connections")
 
 
+DATA = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.CONT})
+
+
 class Inbox:
     """Stands in for Sanic's frame assembler, which holds one message at a time: when a client
     sends several messages and closes, Sanic closes the connection and cancels the handler with
@@ -189,7 +192,10 @@ class Inbox:
             previous.message_fetched.set()
 
     async def put(self, frame: Frame) -> None:
-        """Called by Sanic for each data frame, in order; never waits."""
+        """Called by Sanic for each data frame (and each ping, which Sanic has answered), in
+        order; never waits."""
+        if frame.opcode not in DATA:
+            return  # a ping: not a message
         if frame.opcode is not Opcode.CONT:
             self._text = frame.opcode is Opcode.TEXT
             self._chunks = []

@@ -1,14 +1,27 @@
-"""Fixtures shared by the suite: settings in a temp dir and a live server."""
+"""Fixtures shared by the suite: settings in a temp dir and a live server; Hypothesis's profile."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from revchat.config import Settings
 from tests.live import Live, live_server, make_settings
+
+# No deadline: a shared 2-core machine stalls at times, and speed is measured in benchmarks/.
+# Under CI the examples are derandomized (the same every run, so main stays green or red for a
+# reason); locally each run explores new ones. Nothing is kept between runs.
+hypothesis_settings.register_profile(
+    "revchat", deadline=None, database=None, print_blob=True,
+    derandomize=os.environ.get("CI", "").lower() in {"1", "true", "yes"},
+    suppress_health_check=[HealthCheck.too_slow],
+)
+hypothesis_settings.load_profile("revchat")
 
 
 @pytest.fixture

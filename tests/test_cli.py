@@ -19,7 +19,7 @@ from revchat import __version__
 from revchat.cli import cli
 from revchat.config import OPTIONS, Settings, load
 from revchat.startup import ensure_secret_key
-from tests.live import connect, frame, free_socket, sign_in
+from tests.live import connect, frame, frame_of, free_socket, say, sign_in
 from tests.process import SCRIPT, serve
 
 runner = CliRunner()
@@ -183,3 +183,38 @@ def test_console_script_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     output = served.output()
     assert "guest sign-in is on" in output
     assert "Traceback" not in output, output
+
+
+def test_the_data_dir_and_its_files_are_private(tmp_path: Path) -> None:
+    """`revchat serve` keeps the data dir 0700 and the database, its WAL files and the secret
+    key 0600 — also when an older release had left the dir 0755 and the database 0644."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    (data / "revchat.db").touch(mode=0o644)
+    (data / "revchat.db").chmod(0o644)
+    with serve("--data-dir", str(data), log=tmp_path / "log") as served:
+
+        async def scenario() -> None:
+            cookie = await sign_in(served.url, "Ann")
+            async with connect(served.port, "lobby", cookie) as ws:
+                await frame(ws)
+                await say(ws, "written")
+                await frame_of(ws, "message")
+
+        asyncio.run(scenario())
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data.iterdir()}
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert {"revchat.db", "revchat.db-wal", "secret_key"} <= set(modes)
+    assert all(mode == 0o600 for mode in modes.values()), modes
+
+
+def test_a_short_secret_key_is_refused(tmp_path: Path) -> None:
+    """A secret key under 32 characters is one line at start, exit 2, and the key is not shown."""
+    result = run_script("serve", "--data-dir", str(tmp_path), env=dict(
+        os.environ, REVCHAT_SECRET_KEY="short-key-1234"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "revchat: REVCHAT_SECRET_KEY: the key is 14 characters; at least 32 are needed "
+        "(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"]
+    assert "short-key-1234" not in result.stderr + result.stdout

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from revchat import config, facebook
 from revchat.facebook import OAUTH_COOKIE, OAUTH_MAX_AGE
@@ -379,3 +380,47 @@ async def test_in_a_browser(fb: Setup) -> None:
         await expect(me.locator(".avatar img")).to_have_js_property("naturalWidth", 1)
     assert person.picture in pictures
     watch.assert_clean()
+
+
+
+async def test_the_code_never_reaches_the_log(fb: Setup, caplog: pytest.LogCaptureFixture,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A callback that fails in a way nothing foresaw (Sanic logs the request's URL with its
+    traceback) leaves no code and no state in any log line."""
+    caplog.set_level(logging.INFO, logger="sanic")
+
+    async def broken(request: Any, settings: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(facebook, "_sign_in", broken)
+    callback = await fb.dialog(await fb.start())
+    query = parse_qs(urlsplit(callback).query)
+    code, state = query["code"][0], query["state"][0]
+    response = await fb.browser.get(callback)
+    assert response.status_code == 500
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith(("sanic", "revchat"))]
+    assert any("/auth/facebook/callback" in line for line in lines)
+    assert not [line for line in lines if code in line or state in line]
+
+
+async def test_data_deletion_ends_the_users_sessions(fb: Setup) -> None:
+    """After Facebook's data deletion, the user's cookie opens nothing and their open socket is
+    closed with 1008; other users are not touched."""
+    cookie = (await fb.click_through()).cookies[SESSION_COOKIE]
+    person = fb.fake.person
+    async with fb.live.connect("lobby", cookie) as ws:
+        await frame(ws)
+        request = signed_request({"algorithm": "HMAC-SHA256", "issued_at": int(time.time()),
+                                  "user_id": person.id}, SECRET)
+        async with httpx.AsyncClient(base_url=fb.live.url) as facebook_servers:
+            answer = await facebook_servers.post("/auth/facebook/data-deletion",
+                                                 data={"signed_request": request})
+        assert answer.status_code == 200
+        with pytest.raises(ConnectionClosed) as closed:
+            await frame_of(ws, "never")
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    page = await fb.browser.get("/rooms/lobby", headers={"cookie": f"{SESSION_COOKIE}={cookie}"})
+    assert page.status_code == 302
+    again = (await fb.click_through()).cookies[SESSION_COOKIE]  # signing in anew works
+    async with fb.live.connect("lobby", again) as ws:
+        assert (await frame(ws))["type"] == "welcome"

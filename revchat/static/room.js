@@ -467,9 +467,9 @@
   async function disconnected(ev, welcomed) {
     clearTyping();
     setState("offline");
+    if (ev.code === 1008 && ev.reason === "signed out") { showSignedOut(); return; }
     if (offlineReason === null) {
-      offlineReason = ev.code === 1001 ? "The server is restarting." :
-        ev.code === 1013 ? "The connection was too slow." : "The connection was lost.";
+      offlineReason = closeReason(ev);
     }
     retry.hidden = false;
     signIn.hidden = true;
@@ -488,6 +488,16 @@
     const delay = Math.min(15000, 500 * 2 ** Math.min(attempt - 1, 5)) * (0.75 + Math.random() / 2);
     clearTimeout(retryTimer);
     retryTimer = setTimeout(connect, delay);
+  }
+
+  // What the server's close codes mean to a person (docs/protocol.md lists them).
+  function closeReason(ev) {
+    if (ev.code === 1001) return "The server is restarting.";
+    if (ev.code === 1013 && ev.reason === "slow consumer") return "The connection was too slow.";
+    if (ev.code === 1013) return "The server cannot take messages right now.";
+    if (ev.code === 1008 && ev.reason) return ev.reason.charAt(0).toUpperCase() + ev.reason.slice(1) + ".";
+    if (ev.code === 1011) return "The connection stopped answering.";
+    return "The connection was lost.";
   }
 
   function reconnectNow() {
