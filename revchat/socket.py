@@ -17,6 +17,7 @@ import time
 
 from sanic import Blueprint, Request
 from sanic.exceptions import Forbidden, ServiceUnavailable
+from sanic.http.constants import Stage
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.frames import Frame, Opcode
@@ -127,12 +128,32 @@ class Pinger:
 
 
 class Protocol(WebSocketProtocol):
-    """Sanic's WebSocket protocol, with back-pressure both ways: while the transport cannot
-    write (the peer does not read), it does not read either. Sanic answers every ping with a
-    pong it awaits writing, in a task per read; without this, a client that sends pings and
-    reads nothing grows the server's memory as fast as it can send."""
+    """Sanic's WebSocket protocol, with two limits Sanic's own lacks.
 
-    __slots__ = ()
+    * A request's headers must all arrive within ``REQUEST_TIMEOUT`` of its first byte. Sanic's
+      timer restarts on every chunk, so a client dripping a header line a second (slowloris)
+      would hold the connection for hours.
+    * Back-pressure both ways: while the transport cannot write (the peer does not read), it
+      does not read either. Sanic answers every ping with a pong it awaits writing, in a task
+      per read; without this, a client that sends pings and reads nothing grows the server's
+      memory as fast as it can send.
+    """
+
+    __slots__ = ("_began",)
+
+    def data_received(self, data: bytes) -> None:
+        if self.websocket is None:
+            http = getattr(self, "_http", None)
+            if http is None or http.stage is Stage.IDLE:
+                self._began = time.monotonic()  # the first bytes of a request (Sanic's clock)
+        super().data_received(data)  # type: ignore[no-untyped-call]
+
+    def check_timeouts(self) -> None:
+        http = getattr(self, "_http", None)
+        began = getattr(self, "_began", None)
+        if http is not None and http.stage is Stage.REQUEST and began is not None:
+            self._time = min(self._time, began)  # time the headers from their first byte
+        super().check_timeouts()  # type: ignore[no-untyped-call]
 
     def pause_writing(self) -> None:
         super().pause_writing()  # type: ignore[no-untyped-call]
