@@ -154,6 +154,8 @@ class Engine:
         if room is None:
             room = self.rooms[name] = Room(name)
             room.ready = asyncio.ensure_future(self._load(room))
+            # Its subscribers may all be gone by the time it fails: nobody else would look.
+            room.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         room.refs += 1
         try:
             await asyncio.shield(room.ready)  # type: ignore[arg-type]
@@ -185,8 +187,11 @@ class Engine:
             members = await self.broker.members(room.name)
         except BaseException:
             room.loading = None
-            self.rooms.pop(room.name, None)
+            if self.rooms.get(room.name) is room:  # not a newer room of the same name
+                del self.rooms[room.name]
             raise
+        if self.rooms.get(room.name) is not room:
+            return  # let go while loading (its subscribers left): nothing to deliver to
         self.broker.subscribe(room.name, recent[-1].id if recent else None)
         room.set_members(members)
         room.recent = recent

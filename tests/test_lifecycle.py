@@ -14,7 +14,7 @@ import pytest
 from revchat.broker import MemoryBroker
 from revchat.engine import Engine, Limits
 from revchat.events import Draft, Event, User
-from revchat.history import MemoryHistory
+from revchat.history import HistoryUnavailable, MemoryHistory
 from revchat.quota import TooManySockets
 from revchat.room import Subscription
 
@@ -27,17 +27,21 @@ class Gate:
 
     def __init__(self) -> None:
         self.armed: str | None = None
+        self.fail = False
         self.reached = asyncio.Event()
         self.released = asyncio.Event()
 
-    def arm(self, point: str) -> None:
+    def arm(self, point: str, *, fail: bool = False) -> None:
         self.armed, self.reached, self.released = point, asyncio.Event(), asyncio.Event()
+        self.fail = fail
 
     async def point(self, name: str) -> None:
         if self.armed == name:
             self.armed = None  # once
             self.reached.set()
             await self.released.wait()
+            if self.fail:
+                raise HistoryUnavailable("the test's store failed")
 
 
 class GatedHistory(MemoryHistory):
@@ -194,3 +198,23 @@ async def test_socket_quota_counts_from_the_start(setup: tuple[Engine, GatedBrok
     for sub in subs:
         await engine.cancel(sub)
     assert engine.quota.held(ANN.id) == 0
+
+
+async def test_a_stale_load_does_not_take_a_newer_room(setup: tuple[Engine, GatedBroker, Gate]) -> None:
+    """A room's first subscriber leaves while the room loads, a second one opens it again, then
+    the first load fails: the second subscriber's room is untouched and still delivers."""
+    engine, broker, gate = setup
+    gate.arm("history.recent", fail=True)
+    first = asyncio.ensure_future(engine.subscribe("lobby", ANN, Sink()))
+    await asyncio.wait_for(gate.reached.wait(), 5)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    sink = Sink()
+    second = await engine.subscribe("lobby", BOB, sink)
+    gate.released.set()  # the first load now fails
+    await settled(broker)
+    await engine.say(second, "still delivered")
+    await settled(broker)
+    assert [f.get("text") for f in sink.frames() if f["type"] == "message"] == ["still delivered"]
+    await engine.cancel(second)
