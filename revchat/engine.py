@@ -1,16 +1,10 @@
 """The room engine: the heart of revchat, a plain asyncio object that knows no Sanic.
 
 It keeps the seed's design: every event of a room passes through one place (the broker's
-delivery, :meth:`Engine.deliver`), so every subscriber sees one order. A :class:`Subscription`
-is what the seed called it: the archive first, then live events.
-
-Fan-out is built for speed and safety:
-
-* each event is encoded once — to its JSON text and then to its wire frame — for all subscribers;
-* the frames pending for a room are written to each subscriber in one ``write`` per flush,
-  at most once per ``write_delay`` while they keep coming (Centrifugo's ``write_delay``);
-* the engine never awaits a socket: a subscriber whose unsent bytes exceed ``queue_size`` is
-  closed with 1013 "slow consumer" and nobody else waits for it.
+delivery, :meth:`Engine.deliver`, in :mod:`revchat.fanout`), so every subscriber sees one order.
+A :class:`Subscription` is what the seed called it: the archive first, then live events. Here:
+subscribing (the welcome, resume, presence), what clients do (say, typing, leaving), and the
+sessions and users the server ends.
 """
 
 from __future__ import annotations
@@ -18,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from revchat.broker import Broker, BrokerUnavailable
-from revchat.codes import GOING_AWAY, SIGNED_OUT, SLOW_CONSUMER
-from revchat.events import Draft, Event, User, id_key, typing_frame, welcome_frame
+from revchat.codes import GOING_AWAY, SIGNED_OUT
+from revchat.events import Draft, Event, User, id_key, welcome_frame
+from revchat.fanout import Fanout
 from revchat.history import FORGOTTEN_NAME
 from revchat.protocol import RateLimiter
 from revchat.quota import SocketQuota
@@ -59,24 +54,18 @@ class Limits:
     """Open sockets per user, and new ones per user per minute (0: no limit)."""
 
 
-@dataclass
-class Stats:
-    """Counters read by ``/metrics``; plain integers so the hot path stays cheap."""
-
-    events: int = 0
-    deliveries: int = 0
-    writes: int = 0
-    slow_consumers: int = 0
-    rate_limited: int = 0
-    subscriptions: int = 0
-
-
 def text_frame(text: str) -> bytes:
     """The default wire encoding (tests): UTF-8 text, one line per frame."""
     return text.encode() + b"\n"
 
 
-class Engine:
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """Take a finished room load's outcome, so a failure nobody awaits is not logged as lost."""
+    if not future.cancelled():
+        future.exception()
+
+
+class Engine(Fanout):
     """Rooms, subscriptions, presence and fan-out for one worker."""
 
     def __init__(
@@ -88,13 +77,11 @@ class Engine:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.broker = broker
-        self.limits = limits or Limits()
-        self.frame = frame
+        self.limits = limits = limits or Limits()
+        super().__init__(frame=frame, queue_size=limits.queue_size, write_delay=limits.write_delay,
+                         cache=max(limits.archive_size, 100))
         self.clock = clock
-        self.rooms: dict[str, Room] = {}
-        self.stats = Stats()
         self.closing = False
-        self._cache = max(self.limits.archive_size, 100)
         self.sessions = SessionBook()
         self.faults = broker.faults
         self._limiter = RateLimiter(self.limits.rate, self.limits.burst)
@@ -154,8 +141,7 @@ class Engine:
         if room is None:
             room = self.rooms[name] = Room(name)
             room.ready = asyncio.ensure_future(self._load(room))
-            # Its subscribers may all be gone by the time it fails: nobody else would look.
-            room.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+            room.ready.add_done_callback(_retrieved)  # its subscribers may all be gone
         room.refs += 1
         try:
             await asyncio.shield(room.ready)  # type: ignore[arg-type]
@@ -244,12 +230,6 @@ class Engine:
         if self._typing_limiter.allow(sub.user.id, sub.room.name):
             self.broker.typing(sub.room.name, sub.user)
 
-    def send(self, sub: Subscription, text: str) -> None:
-        """Send one subscriber a frame of its own (an error), after the room's pending ones."""
-        self._flush(sub.room)
-        if not sub.closed and sub in sub.room.subs:
-            self._write(sub, self.frame(text))
-
     async def cancel(self, sub: Subscription) -> None:
         """Forget a subscription; publish the user's ``leave`` if it was their last socket."""
         if sub.closed:
@@ -295,112 +275,6 @@ class Engine:
                 room.subs.discard(sub)
                 sub.sink.close(*SIGNED_OUT.args)  # its handler's cancel() does the rest
 
-    # -- delivery (called by the broker, in each room's one order) -----------------------
-
-    def deliver(self, events: Sequence[Event]) -> None:
-        """Fan stored events out to their rooms' subscribers; never blocks."""
-        rooms = self.rooms
-        for event in events:
-            room = rooms.get(event.room)
-            if room is None:
-                continue
-            if room.loading is not None:
-                room.loading.append(event)
-            else:
-                self._accept(room, (event,))
-
-    def _accept(self, room: Room, events: Sequence[Event]) -> None:
-        recent = room.recent
-        for event in events:
-            if recent and event.key <= recent[-1].key:
-                continue  # already held: a broker may re-read after reconnecting
-            recent.append(event)
-            room.last = event.key
-            room.apply(event)
-            self.stats.events += 1
-            if room.subs or room.joining:
-                room.pending.append(self.frame(event.json))
-        if len(recent) > 2 * self._cache and not room.resuming:
-            del recent[: len(recent) - self._cache]
-        if room.pending and room.flush is None:
-            # Leading edge: after a quiet spell a frame goes out on the next loop pass; while
-            # frames keep coming they are written at most once per write_delay, coalesced.
-            loop = asyncio.get_running_loop()
-            delay = room.quiet_until - time.monotonic()
-            room.flush = (
-                loop.call_later(delay, self._flush, room) if delay > 0
-                else loop.call_soon(self._flush, room)
-            )
-
-    def relay(self, room_name: str, user: User) -> None:
-        """Send a typing notice to everyone in the room but the typist."""
-        room = self.rooms.get(room_name)
-        if room is None:
-            return
-        self._flush(room)
-        data = self.frame(typing_frame(room_name, user))
-        for sub in list(room.subs):
-            if sub.user.id != user.id:
-                self._write(sub, data)
-
-    def _flush(self, room: Room) -> None:
-        """Write the room's pending frames to every subscriber: one write each."""
-        if room.flush is not None:
-            room.flush.cancel()
-            room.flush = None
-        pending = room.pending
-        if pending:
-            self._fan_out(room, pending[0] if len(pending) == 1 else b"".join(pending))
-            room.quiet_until = time.monotonic() + self.limits.write_delay
-        if room.joining:
-            joining, room.joining = room.joining, {}
-            for sub, skip in joining.items():
-                room.subs.add(sub)
-                if len(pending) > skip:
-                    self._write(sub, b"".join(pending[skip:]))
-        pending.clear()
-
-    def _fan_out(self, room: Room, data: bytes) -> None:
-        self.stats.deliveries += len(room.pending) * len(room.subs)
-        self.stats.writes += len(room.subs)
-        bound = self.limits.queue_size
-        failed = None
-        for sub in room.subs:
-            try:
-                sub.write(data)
-                if sub.sink.get_write_buffer_size() > bound:
-                    failed = [*failed, sub] if failed else [sub]
-            except Exception:  # a transport that closed under us (uvloop raises)
-                sub.closed_transport = True
-                failed = [*failed, sub] if failed else [sub]
-        if failed:
-            for sub in failed:
-                self._drop(sub)
-
-    def _write(self, sub: Subscription, data: bytes) -> None:
-        try:
-            sub.write(data)
-        except Exception:  # a transport that closed under us (uvloop raises)
-            sub.closed_transport = True
-            self._drop(sub)
-            return
-        if sub.sink.get_write_buffer_size() > self.limits.queue_size:
-            self._drop(sub)
-
-    def _drop(self, sub: Subscription) -> None:
-        """Stop writing to a subscriber; close it with 1013 unless its socket is already gone.
-
-        Its handler's cancel() then does the rest (presence, leave).
-        """
-        room = sub.room
-        if sub in room.subs or room.joining.pop(sub, None) is not None:
-            room.subs.discard(sub)
-            if sub.closed_transport:
-                return
-            self.stats.slow_consumers += 1
-            log.info("closing slow consumer %s in %s", sub.user.id, sub.room.name)
-            sub.sink.close(*SLOW_CONSUMER.args)
-
     def _now(self) -> int:
         return int(self.clock() * 1000)
 
@@ -412,12 +286,3 @@ class Engine:
         for room in self.rooms.values():
             room.forget(anonymous)
         return count
-
-    # -- introspection ----------------------------------------------------------------------
-
-    @property
-    def connections(self) -> int:
-        return sum(len(r.subs) + len(r.joining) for r in self.rooms.values())
-
-    def queued_bytes(self) -> int:
-        return sum(s.sink.get_write_buffer_size() for r in self.rooms.values() for s in r.subs)
