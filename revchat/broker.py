@@ -305,9 +305,12 @@ class GroupCommit:
 
 def storable_draft(draft: Draft) -> bool:
     """True when every text of the draft can be stored and sent as UTF-8."""
-    user = draft.user
+    user, avatar = draft.user, draft.user.avatar
+    if draft.text.isascii() and user.name.isascii() and user.id.isascii() and \
+            (avatar is None or avatar.isascii()):
+        return True  # the common case, without a call per text
     return storable(draft.text) and storable(user.id) and storable(user.name) and \
-        (user.avatar is None or storable(user.avatar))
+        (avatar is None or storable(avatar))
 
 
 def fail(batch: Sequence[tuple[Draft, asyncio.Future[Event]]], reason: str) -> None:

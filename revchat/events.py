@@ -119,13 +119,16 @@ def id_key(event_id: str) -> tuple[int, ...] | None:
     (``str.isdigit`` also takes "²"), and no part may exceed 64 bits, so any id that parses can be
     handed to every store.
     """
-    parts = event_id.split("-")
-    if not 1 <= len(parts) <= 2 or not all(p.isascii() and p.isdigit() and len(p) <= 20 for p in parts):
+    # Every stored event's id passes here once: no generators, no lists.
+    head, dash, tail = event_id.partition("-")
+    if not (head.isascii() and head.isdigit() and len(head) <= 20):
         return None
-    key = tuple(int(p) for p in parts)
-    if any(part > MAX_ID_PART for part in key):
+    if dash and not (tail.isascii() and tail.isdigit() and len(tail) <= 20):
         return None
-    return key + (0,) * (2 - len(key))
+    first, second = int(head), int(tail) if dash else 0
+    if first > MAX_ID_PART or second > MAX_ID_PART:
+        return None
+    return first, second
 
 
 def storable(text: str) -> bool:

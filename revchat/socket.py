@@ -139,13 +139,18 @@ class Protocol(WebSocketProtocol):
       memory as fast as it can send.
     """
 
-    __slots__ = ("_began",)
+    __slots__ = ("_began", "_read_paused")
 
     def data_received(self, data: bytes) -> None:
         if self.websocket is None:
             http = getattr(self, "_http", None)
             if http is None or http.stage is Stage.IDLE:
                 self._began = time.monotonic()  # the first bytes of a request (Sanic's clock)
+        elif not self._can_write.is_set() and self.transport is not None:
+            # Data from a peer that does not read what we write: stop reading it too. (Checked
+            # here, not in pause_writing, so that busy receivers that send nothing pay nothing.)
+            self.transport.pause_reading()
+            self._read_paused = True
         super().data_received(data)  # type: ignore[no-untyped-call]
 
     def check_timeouts(self) -> None:
@@ -155,17 +160,13 @@ class Protocol(WebSocketProtocol):
             self._time = min(self._time, began)  # time the headers from their first byte
         super().check_timeouts()  # type: ignore[no-untyped-call]
 
-    def pause_writing(self) -> None:
-        super().pause_writing()  # type: ignore[no-untyped-call]
-        if self.websocket is not None and self.transport is not None:
-            self.transport.pause_reading()
-
     def resume_writing(self) -> None:
         super().resume_writing()  # type: ignore[no-untyped-call]
-        inbox = getattr(self.websocket, "assembler", None)
-        if self.websocket is not None and self.transport is not None and \
-                not getattr(inbox, "full", False):
-            self.transport.resume_reading()
+        if getattr(self, "_read_paused", False) and self.transport is not None:
+            self._read_paused = False
+            inbox = getattr(self.websocket, "assembler", None)
+            if not getattr(inbox, "full", False):
+                self.transport.resume_reading()
 
 
 @bp.on_request
@@ -178,9 +179,6 @@ async def check_handshake(request: Request) -> None:
     engine: Engine = request.app.ctx.engine
     if engine.connections >= settings_of(request).max_connections:
         raise ServiceUnavailable("too many connections")
-
-
-DATA = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.CONT})
 
 
 class Inbox:
@@ -215,7 +213,7 @@ class Inbox:
     async def put(self, frame: Frame) -> None:
         """Called by Sanic for each data frame (and each ping, which Sanic has answered), in
         order; never waits."""
-        if frame.opcode not in DATA:
+        if frame.opcode > Opcode.BINARY:  # CONT, TEXT, BINARY are 0, 1, 2 (an IntEnum)
             return  # a ping: not a message
         if frame.opcode is not Opcode.CONT:
             self._text = frame.opcode is Opcode.TEXT
