@@ -16,7 +16,7 @@ import struct
 import time
 
 from sanic import Blueprint, Request
-from sanic.exceptions import Forbidden, ServiceUnavailable
+from sanic.exceptions import Forbidden, RequestCancelled, ServiceUnavailable
 from sanic.http.constants import Stage
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
@@ -24,7 +24,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from revchat.broker import BrokerUnavailable, Unstorable
-from revchat.codes import GOING_AWAY, NO_PONG, TOO_MANY_SOCKETS, UNAVAILABLE
+from revchat.codes import GOING_AWAY, NO_PONG, SLOW_CONSUMER, TOO_MANY_SOCKETS, UNAVAILABLE
 from revchat.engine import Closing, Engine, RateLimited
 from revchat.events import ROOM_PATTERN, ErrorCode, error_frame
 from revchat.history import HistoryUnavailable
@@ -133,24 +133,20 @@ class Protocol(WebSocketProtocol):
     * A request's headers must all arrive within ``REQUEST_TIMEOUT`` of its first byte. Sanic's
       timer restarts on every chunk, so a client dripping a header line a second (slowloris)
       would hold the connection for hours.
-    * Back-pressure both ways: while the transport cannot write (the peer does not read), it
-      does not read either. Sanic answers every ping with a pong it awaits writing, in a task
-      per read; without this, a client that sends pings and reads nothing grows the server's
-      memory as fast as it can send.
+    * A socket's own frames (pongs, the close frame) are written at once, as revchat's events
+      are, and bounded the same way: beyond ``--queue-size`` unsent bytes the socket is closed
+      (1013). Sanic would make each pong wait until the peer reads, in a task of its own, so a
+      client that sends pings and reads nothing would grow the server's memory as fast as it
+      can send.
     """
 
-    __slots__ = ("_began", "_read_paused")
+    __slots__ = ("_began",)
 
     def data_received(self, data: bytes) -> None:
         if self.websocket is None:
             http = getattr(self, "_http", None)
             if http is None or http.stage is Stage.IDLE:
                 self._began = time.monotonic()  # the first bytes of a request (Sanic's clock)
-        elif not self._can_write.is_set() and self.transport is not None:
-            # Data from a peer that does not read what we write: stop reading it too. (Checked
-            # here, not in pause_writing, so that busy receivers that send nothing pay nothing.)
-            self.transport.pause_reading()
-            self._read_paused = True
         super().data_received(data)  # type: ignore[no-untyped-call]
 
     def check_timeouts(self) -> None:
@@ -160,13 +156,16 @@ class Protocol(WebSocketProtocol):
             self._time = min(self._time, began)  # time the headers from their first byte
         super().check_timeouts()  # type: ignore[no-untyped-call]
 
-    def resume_writing(self) -> None:
-        super().resume_writing()  # type: ignore[no-untyped-call]
-        if getattr(self, "_read_paused", False) and self.transport is not None:
-            self._read_paused = False
-            inbox = getattr(self.websocket, "assembler", None)
-            if not getattr(inbox, "full", False):
-                self.transport.resume_reading()
+    async def send(self, data: bytes) -> None:
+        websocket, transport = self.websocket, self.transport
+        if websocket is None or transport is None:
+            await super().send(data)  # type: ignore[no-untyped-call]
+            return
+        if transport.is_closing():
+            raise RequestCancelled()
+        transport.write(data)
+        if transport.get_write_buffer_size() > self.app.ctx.settings.queue_size:
+            websocket.fail_connection(*SLOW_CONSUMER.args)
 
 
 @bp.on_request
@@ -190,7 +189,6 @@ class Inbox:
     """
 
     def __init__(self, ws: WebsocketImplProtocol, limit: int = 64) -> None:
-        self._io = ws.io_proto
         self._transport = ws.io_proto.transport  # type: ignore[union-attr]
         # A list and one waiter: an idle socket costs less than a deque and an asyncio.Event.
         self._messages: list[str | bytes] = []
@@ -199,7 +197,7 @@ class Inbox:
         self._text = True
         self._limit = limit
         self.full = False
-        """Reading is paused because ``limit`` messages wait (see :class:`Protocol`)."""
+        """Reading is paused because ``limit`` messages wait."""
         previous = ws.assembler
         ws.assembler = self  # type: ignore[assignment]
         # A message that arrived before the handler started waits in Sanic's assembler.
@@ -248,8 +246,7 @@ class Inbox:
         message = self._messages.pop(0)
         if self.full and len(self._messages) < self._limit // 2 and self._transport:
             self.full = False
-            if self._io is None or self._io._can_write.is_set():  # else resume_writing() will
-                self._transport.resume_reading()
+            self._transport.resume_reading()
         return message
 
     def drain(self) -> list[str | bytes]:
