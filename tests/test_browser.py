@@ -435,3 +435,19 @@ async def test_screenshots_of_a_conversation(browser: Any, watch: Watch, tmp_pat
         await ann.screenshot(path=str(DOCS / "screenshot-chat.png"), animations="disabled")
         await ann.emulate_media(color_scheme="dark")
         await ann.screenshot(path=str(DOCS / "screenshot-dark.png"), animations="disabled")
+
+
+async def test_signing_out_in_one_tab_signs_out_the_others(browser: Any, watch: Watch,
+                                                           live: Live) -> None:
+    """Two tabs of one session: "Sign out" in one ends the session on the server, so the other
+    tab's socket is closed and it says so at once, offering to sign in, instead of reconnecting."""
+    first = await guest_page(browser, watch, live.url, "Ann")
+    second = await first.context.new_page()
+    watch.attach(second)
+    await second.goto("/rooms/lobby")
+    await second.wait_for_selector("body[data-state=online]")
+    await first.get_by_role("button", name="Sign out").click()
+    await first.wait_for_url(re.compile(r"/$"))
+    await second.wait_for_selector("body[data-state=signed-out]")
+    await expect(second.locator("#banner-text")).to_have_text("You are signed out.")
+    await expect(first.get_by_label("Nickname")).to_be_visible()
