@@ -13,9 +13,10 @@ from sanic.exceptions import SanicException
 from sanic_ext import Config as ExtConfig
 
 from revchat import auth, facebook, ops, pages, redact, socket
-from revchat.broker import BrokerUnavailable, open_broker
+from revchat.broker import open_broker
 from revchat.config import Settings
 from revchat.engine import Engine, Limits
+from revchat.errors import BrokerUnavailable
 from revchat.history import HistoryUnavailable
 from revchat.protocol import RateLimiter
 from revchat.sessions import Signer

@@ -8,8 +8,8 @@ import unicodedata
 
 from sanic import Blueprint, HTTPResponse, Request, redirect
 
-from revchat.broker import BrokerUnavailable
 from revchat.engine import Engine
+from revchat.errors import BrokerUnavailable
 from revchat.events import User
 from revchat.sessions import Ended
 from revchat.web import (

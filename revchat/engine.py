@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from revchat.broker import Broker, BrokerUnavailable
+from revchat.broker import Broker
 from revchat.codes import GOING_AWAY, SIGNED_OUT
+from revchat.errors import BrokerUnavailable
 from revchat.events import Draft, Event, User, id_key, welcome_frame
 from revchat.fanout import Fanout
 from revchat.history import FORGOTTEN_NAME

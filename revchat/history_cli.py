@@ -9,9 +9,10 @@ from typing import Annotated, TextIO
 
 import typer
 
-from revchat.broker import BrokerUnavailable, open_broker
+from revchat.broker import open_broker
 from revchat.cli_common import fail, with_settings
 from revchat.config import Loaded
+from revchat.errors import BrokerUnavailable
 from revchat.events import stored_room_name
 
 history_cli = typer.Typer(help="Export or purge a room's history.", no_args_is_help=True,

@@ -28,7 +28,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from revchat.broker import Broker, BrokerUnavailable, CommitStats, GroupCommit
+from revchat.broker import Broker
+from revchat.commit import CommitStats, GroupCommit
+from revchat.errors import BrokerUnavailable
 from revchat.events import Draft, Event, User, dumps
 from revchat.history import HistoryUnavailable
 from revchat.redis_history import RedisHistory, entries, one_line, room_key

@@ -12,8 +12,9 @@ from sanic import Sanic
 from sanic.worker.loader import AppLoader
 
 from revchat.app import create_app
-from revchat.broker import BrokerUnavailable, open_broker
+from revchat.broker import open_broker
 from revchat.config import SettingError, Settings
+from revchat.errors import BrokerUnavailable
 from revchat.files import private_dir
 from revchat.socket import Protocol as SocketProtocol
 from revchat.startup import ensure_secret_key, uses_data_dir

@@ -23,9 +23,10 @@ from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from revchat.broker import BrokerUnavailable, Unstorable
 from revchat.codes import GOING_AWAY, NO_PONG, SLOW_CONSUMER, TOO_MANY_SOCKETS, UNAVAILABLE
+from revchat.commit import Unstorable
 from revchat.engine import Closing, Engine, RateLimited
+from revchat.errors import BrokerUnavailable
 from revchat.events import ROOM_PATTERN, ErrorCode, error_frame
 from revchat.history import HistoryUnavailable
 from revchat.pages import room_name

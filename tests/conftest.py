@@ -11,7 +11,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from revchat.config import Settings
-from tests.live import Live, live_server, make_settings
+from tests.support.live import Live, live_server, make_settings
 
 # No deadline: a shared 2-core machine stalls at times, and speed is measured in benchmarks/.
 # Under CI the examples are derandomized (the same every run, so main stays green or red for a

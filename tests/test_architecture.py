@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "revchat"
 CORE = ["revchat.engine", "revchat.fanout", "revchat.quota", "revchat.codes", "revchat.room",
         "revchat.broker", "revchat.history", "revchat.events", "revchat.protocol",
         "revchat.sessions", "revchat.config", "revchat.sqlite", "revchat.redis_broker",
-        "revchat.redis_history", "revchat.redis_presence", "revchat.faults", "revchat.files"]
+        "revchat.redis_history", "revchat.redis_presence", "revchat.faults", "revchat.files",
+        "revchat.commit", "revchat.errors"]
 
 
 @pytest.mark.parametrize("module", CORE)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from revchat.events import Draft, User
-from tests.browser import (
+from tests.support.browser import (
     DESKTOP,
     DOCS,
     PHONE,
@@ -25,7 +25,7 @@ from tests.browser import (
     require_chromium,
     server_on,
 )
-from tests.live import Live, frame, frame_of, live_server, make_settings, say
+from tests.support.live import Live, frame, frame_of, live_server, make_settings, say
 
 try:
     from playwright.async_api import expect

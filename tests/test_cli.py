@@ -19,8 +19,9 @@ from revchat import __version__
 from revchat.cli import cli
 from revchat.config import OPTIONS, Settings, load
 from revchat.startup import ensure_secret_key
-from tests.live import connect, frame, frame_of, free_socket, say, sign_in
-from tests.process import SCRIPT, serve
+from tests.support.live import connect, frame, frame_of, say, sign_in
+from tests.support.ports import free_socket
+from tests.support.process import SCRIPT, serve
 
 runner = CliRunner()
 

@@ -12,8 +12,9 @@ from typing import Any
 from typer.testing import CliRunner
 
 from revchat.cli import cli
-from tests.live import connect, frame, frame_of, say, sign_in
-from tests.process import free_port, serve
+from tests.support.live import connect, frame, frame_of, say, sign_in
+from tests.support.ports import free_port
+from tests.support.process import serve
 
 runner = CliRunner()
 

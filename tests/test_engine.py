@@ -4,7 +4,6 @@ presence, resume, typing and shutdown."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,41 +13,10 @@ from revchat.broker import MemoryBroker
 from revchat.engine import Closing, Engine, Limits, RateLimited
 from revchat.events import User
 from revchat.history import MemoryHistory
+from tests.support.sink import Sink
 
 ANN = User("guest:ann", "Ann")
 BOB = User("guest:bob", "Bob")
-
-
-class Sink:
-    """A socket stand-in: keeps what was written; can pretend not to be read."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.writes = 0
-        self.stalled = 0
-        self.closed: tuple[int, str] | None = None
-        self.arrived = asyncio.Event()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-        self.writes += 1
-        self.arrived.set()
-
-    def get_write_buffer_size(self) -> int:
-        return len(self.data) if self.stalled else 0
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
-
-    def frames(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in bytes(self.data).splitlines()]
-
-    async def wait_for(self, count: int) -> list[dict[str, Any]]:
-        async with asyncio.timeout(5):
-            while len(self.frames()) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
-        return self.frames()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ member list and counter is checked against the stored history."""
 from __future__ import annotations
 
 import asyncio
-import json
 import selectors
 from collections.abc import Awaitable, Iterable
 from typing import Any, Literal, TypeVar
@@ -19,6 +18,7 @@ from revchat.engine import Engine, Limits
 from revchat.events import Event, User, id_key
 from revchat.history import MemoryHistory
 from revchat.room import Subscription
+from tests.support.sink import Sink
 
 T = TypeVar("T")
 
@@ -72,39 +72,6 @@ class NoWaitSelector(selectors.SelectSelector):
             self.loop.advance(timeout)
             timeout = 0
         return super().select(timeout)
-
-
-class Sink:
-    """A socket stand-in: keeps every write; a stalled one reports all it got as unsent."""
-
-    def __init__(self, stalled: bool) -> None:
-        self.chunks: list[bytes] = []
-        self.stalled = stalled
-        self.unsent = 0
-        self.closed: tuple[int, str] | None = None
-        self.writes_after_close = 0
-        self._frames: list[dict[str, Any]] = []
-        self._parsed = 0
-
-    def write(self, data: bytes) -> None:
-        if self.closed is not None:
-            self.writes_after_close += 1
-        if self.stalled:
-            self.unsent += len(data)
-        self.chunks.append(bytes(data))
-
-    def get_write_buffer_size(self) -> int:
-        return self.unsent
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
-
-    def frames(self) -> list[dict[str, Any]]:
-        """Every frame received so far (parsed once each)."""
-        for chunk in self.chunks[self._parsed:]:
-            self._frames.extend(json.loads(line) for line in chunk.splitlines())
-        self._parsed = len(self.chunks)
-        return self._frames
 
 
 class Client:

@@ -20,8 +20,8 @@ from revchat import config, facebook
 from revchat.facebook import OAUTH_COOKIE, OAUTH_MAX_AGE
 from revchat.history import FORGOTTEN_NAME
 from revchat.sessions import SESSION_COOKIE, Signer
-from tests.browser import DESKTOP, Watch, chromium, require_chromium
-from tests.fake_facebook import (
+from tests.support.browser import DESKTOP, Watch, chromium, require_chromium
+from tests.support.fake_facebook import (
     SLOW,
     Failure,
     FakeFacebook,
@@ -31,7 +31,7 @@ from tests.fake_facebook import (
     s256,
     signed_request,
 )
-from tests.live import Live, frame, frame_of, live_server, make_settings, say
+from tests.support.live import Live, frame, frame_of, live_server, make_settings, say
 
 CLIENT_ID = "1234567890"
 SECRET = "fb-app-secret-0123456789abcdef"

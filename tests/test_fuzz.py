@@ -33,8 +33,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from revchat.sessions import Signer, read_session
-from tests.live import connect, frame, frame_of, say, sign_in
-from tests.process import Served, serve
+from tests.support.live import connect, frame, frame_of, say, sign_in
+from tests.support.process import Served, serve
 
 KEY = "k" * 40
 MAX_LENGTH = 2000

@@ -8,7 +8,7 @@ import asyncio
 import json
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +17,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from revchat.events import MAX_ID_PART
-from tests.live import Live, frame, frame_of, live_server, make_settings, say
-from tests.redis_server import RedisServer, redis_server
+from tests.support.live import Live, frame, frame_of, live_server, make_settings, say
+from tests.support.redis_server import RedisServer, redis_server
+from tests.support.waiting import eventually
 
 SURROGATE = '{"type": "say", "text": "\\ud800"}'
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``check()`` holds: for what the server does after a client is gone, which no
-    client can be told of."""
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110 - polling the server's own state
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture

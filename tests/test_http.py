@@ -11,7 +11,7 @@ from sanic import Sanic
 from revchat.app import CSP, create_app
 from revchat.config import Settings
 from revchat.sessions import SESSION_COOKIE
-from tests.live import make_settings
+from tests.support.live import make_settings
 
 ORIGIN = "http://127.0.0.1:9000"
 

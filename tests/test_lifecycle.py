@@ -5,9 +5,7 @@ subscribing task (the socket handler, for a client that went away) is cancelled 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import pytest
 
@@ -17,6 +15,7 @@ from revchat.events import Draft, Event, User
 from revchat.history import HistoryUnavailable, MemoryHistory
 from revchat.quota import TooManySockets
 from revchat.room import Subscription
+from tests.support.sink import Sink
 
 ANN = User("guest:ann", "Ann")
 BOB = User("guest:bob", "Bob")
@@ -75,24 +74,6 @@ class GatedBroker(MemoryBroker):
     async def connected(self, room: str, user: User) -> bool:
         await self.gate.point("broker.connected")
         return await super().connected(room, user)
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed: tuple[int, str] | None = None
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
-
-    def frames(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in bytes(self.data).splitlines()]
 
 
 @pytest.fixture

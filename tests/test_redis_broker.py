@@ -16,14 +16,18 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from revchat.broker import BrokerUnavailable, open_broker
+from revchat.broker import open_broker
 from revchat.config import Settings
 from revchat.engine import Engine, Limits
+from revchat.errors import BrokerUnavailable
 from revchat.events import Draft, Event, User, id_key
 from revchat.history import FORGOTTEN_NAME
 from revchat.redis_broker import RedisBroker
 from revchat.sessions import Ended
-from tests.redis_server import RedisServer, free_port, require_redis_server
+from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer, require_redis_server
+from tests.support.sink import Sink
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.redis
 
@@ -75,47 +79,6 @@ class Recorder(Signal):
     async def count(self, n: int) -> None:
         """Wait until at least ``n`` events were delivered."""
         await self.until(lambda: len(self.events) >= n)
-
-
-class Sink(Signal):
-    """A socket stand-in for the engine: keeps the JSON lines written to it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = bytearray()
-        self.closed: tuple[int, str] | None = None
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-        self.notify()
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
-
-    @property
-    def frames(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.data.splitlines()]
-
-    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        return [f for f in self.frames
-                if f["type"] in ("message", "join", "leave") and kind in (None, f["type"])]
-
-    async def count(self, kind: str, n: int) -> None:
-        """Wait until at least ``n`` live events of ``kind`` were written."""
-        await self.until(lambda: len(self.events(kind)) >= n)
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]]) -> None:
-    """Wait for a condition that nothing signals (a background task's or Redis's state)."""
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            done = check()
-            if await done if not isinstance(done, bool) else done:
-                return
-            await asyncio.sleep(0.02)
 
 
 def increasing(ids: Sequence[str]) -> bool:
@@ -512,11 +475,11 @@ async def test_two_engines_on_two_brokers_agree(server: RedisServer, make: Make)
     sub_ann = await one.subscribe("lobby", ANN, ann_1)
     await ann_1.until(lambda: len(ann_1.events("join")) == 1)
     sub_bob = await two.subscribe("lobby", BOB, bob_2)
-    assert [m["id"] for m in bob_2.frames[0]["members"]] == [ANN.id]
-    assert bob_2.frames[0]["archive"][-1]["type"] == "join"
+    assert [m["id"] for m in bob_2.frames()[0]["members"]] == [ANN.id]
+    assert bob_2.frames()[0]["archive"][-1]["type"] == "join"
     await bob_2.count("join", 1)  # Bob's own join, live
     sub_ann2 = await two.subscribe("lobby", ANN, ann_2)
-    assert [m["id"] for m in ann_2.frames[0]["members"]] == [ANN.id, BOB.id]
+    assert [m["id"] for m in ann_2.frames()[0]["members"]] == [ANN.id, BOB.id]
 
     await asyncio.gather(*(one.say(sub_ann, f"a{i}") for i in range(20)),
                          *(two.say(sub_bob, f"b{i}") for i in range(20)))
@@ -536,7 +499,7 @@ async def test_two_engines_on_two_brokers_agree(server: RedisServer, make: Make)
     assert await a.members("lobby") == await b.members("lobby") == []
     watcher = Sink()
     sub = await one.subscribe("lobby", User("guest:cy", "Cy"), watcher)
-    leaves = [f["user"]["id"] for f in watcher.frames[0]["archive"] if f["type"] == "leave"]
+    leaves = [f["user"]["id"] for f in watcher.frames()[0]["archive"] if f["type"] == "leave"]
     assert leaves == [BOB.id, ANN.id]
-    assert [m["id"] for m in watcher.frames[0]["members"]] == []
+    assert [m["id"] for m in watcher.frames()[0]["members"]] == []
     await one.cancel(sub)

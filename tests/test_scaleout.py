@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 from revchat.events import id_key
-from tests.live import connect, frame, frame_of, say, sign_in
-from tests.process import SCRIPT, Served, free_port, serve
-from tests.redis_server import RedisServer, redis_server
+from tests.support.live import connect, frame, frame_of, say, sign_in
+from tests.support.ports import free_port
+from tests.support.process import SCRIPT, Served, serve
+from tests.support.redis_server import RedisServer, redis_server
 
 SECRET = "shared-secret-" + "k" * 40
 

@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
 
 from revchat.sessions import Signer
-from tests.live import Live, frame, frame_of, live_server, make_settings, say
+from tests.support.live import Live, frame, frame_of, live_server, make_settings, say
 
 
 async def test_welcome_then_own_join(live: Live) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import re
 import shutil
 import signal
@@ -25,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.ports import free_port
 
 
 def redis_server_binary() -> str | None:
@@ -41,20 +42,6 @@ def require_redis_server() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return binary
-
-
-def free_port() -> int:
-    """A loopback port nobody uses right now, below Linux's ephemeral range (32768-60999): no
-    outgoing connection takes it as its local port while a killed server waits to restart."""
-    for _ in range(200):
-        port = random.randint(20000, 32000)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free loopback port in 20000-32000")
 
 
 def _ask(port: int, command: bytes, until: bytes, timeout: float = 0.5) -> bytes:

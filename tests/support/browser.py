@@ -20,7 +20,8 @@ from sanic import Sanic
 from revchat.app import create_app
 from revchat.config import Settings
 from revchat.engine import Engine
-from tests.live import Live, free_socket
+from tests.support.live import Live
+from tests.support.ports import free_socket
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [

@@ -25,7 +25,8 @@ from urllib.parse import urlencode
 from sanic import HTTPResponse, Request, Sanic, redirect
 from sanic import json as json_response
 
-from tests.live import free_socket, serving
+from tests.support.live import serving
+from tests.support.ports import free_socket
 
 Failure = Literal["400", "500", "bad_json", "slow"] | None
 """How an endpoint fails: Facebook's JSON error with 400 or 500, 200 with an HTML body, or a

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.live import free_socket
+from tests.support.ports import free_port
 
 SCRIPT = str(Path(sys.executable).parent / "revchat")
 
@@ -37,13 +37,6 @@ class Served:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
-
-
-def free_port() -> int:
-    sock = free_socket()
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 @contextlib.contextmanager

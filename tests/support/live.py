@@ -22,6 +22,7 @@ from revchat.app import create_app
 from revchat.config import Settings, load
 from revchat.engine import Engine
 from revchat.socket import Protocol as SocketProtocol
+from tests.support.ports import free_socket
 
 Sanic.test_mode = True
 
@@ -36,16 +37,6 @@ def make_settings(tmp_path: Path, **changes: Any) -> Settings:
 
 
 TEST_KEY = "test-secret-" + "x" * 32
-
-
-def free_socket(port: int = 0) -> socket.socket:
-    """A listening loopback socket on ``port`` (0: a free one), reusable right after a stop."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(1024)
-    sock.set_inheritable(True)
-    return sock
 
 
 @dataclass
