@@ -18,6 +18,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -308,8 +309,10 @@ def minted_cookies(count: int, prefix: str = "bench", src: str | None = None) ->
     the revchat package the server runs (``src``: a scratch copy), whose cookie format it is.
     """
     env = dict(os.environ, PYTHONPATH=src or os.environ.get("REVCHAT_BENCH_SRC") or str(ROOT))
+    # Not from this directory: "python -c" puts the working directory first on sys.path.
     out = subprocess.run([sys.executable, "-c", MINT, prefix, str(count), SECRET], env=env,
-                         check=True, capture_output=True, text=True).stdout
+                         check=True, capture_output=True, text=True,
+                         cwd=tempfile.gettempdir()).stdout
     return [f"revchat_session={token}" for token in json.loads(out)]
 
 
@@ -335,15 +338,8 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    git = {}
-    with contextlib.suppress(Exception):
-        def run(*cmd: str) -> str:
-            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True,
-                                  check=True).stdout.strip()
-        git = {"commit": run("rev-parse", "--short", "HEAD"),
-               "revchat_changes": run("status", "--short", "--", "revchat").splitlines()}
     return {
-        "git": git,
+        "git": git_state(),
         "cpus": os.cpu_count(),
         "cpu_model": model,
         "kernel": platform.release(),
@@ -353,6 +349,48 @@ def machine() -> dict[str, Any]:
         "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def git_state() -> dict[str, Any]:
+    """The commit measured and whether the tree had changes (results/ aside): a figure is only
+    worth quoting from a clean tree, where the commit says exactly what ran."""
+    def run(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    try:
+        changes = run("status", "--porcelain", "--", ".", ":(exclude)benchmarks/results")
+        return {"commit": run("rev-parse", "HEAD"), "dirty": bool(changes),
+                "changes": changes.splitlines()}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": True, "changes": ["not a git checkout"]}
+
+
+def check_clean(out: str | None) -> None:
+    """Refuse to measure for ``benchmarks/results/`` from a tree with uncommitted changes (before
+    spending minutes on it); ``--out`` elsewhere is for experiments."""
+    if out is None and git_state()["dirty"]:
+        sys.exit("refusing to write benchmarks/results/: the tree has uncommitted changes "
+                 "(commit them, or write elsewhere with --out)")
+
+
+def alternate(kinds: Sequence[str], tries: int, run: Any) -> dict[str, list[Any]]:
+    """``run(kind, attempt)`` ``tries`` times per kind, the kinds taking turns, so a noisy moment
+    on this shared machine hits them alike; every result is kept."""
+    results: dict[str, list[Any]] = {kind: [] for kind in kinds}
+    for attempt in range(tries):
+        for kind in kinds:
+            results[kind].append(run(kind, attempt))
+    return results
+
+
+def medians(tries: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    """One row from its tries: each of ``keys`` is the median of the tries', the rest is the first
+    try's, and every try is kept under ``tries``."""
+    row = dict(tries[0])
+    for key in keys:
+        row[key] = statistics.median(t[key] for t in tries)
+    row["tries"] = [{key: t[key] for key in keys} for t in tries]
+    return row
 
 
 def cpu_share(cpu: int | None, seconds: float = 0.5) -> float:
@@ -419,6 +457,11 @@ def compact_json(value: Any, indent: str = "") -> str:
 
 
 def write_result(name: str, data: dict[str, Any], out: str | None = None) -> Path:
+    """Write one run's results (with the machine and commit) to ``benchmarks/results/NAME.json``,
+    or ``out``. Results for the repository must come from a clean tree (:func:`check_clean`)."""
+    if out is None and data.get("machine", {}).get("git", {}).get("dirty", True):
+        sys.exit(f"refusing to write benchmarks/results/{name}.json: the tree had uncommitted "
+                 "changes when the run started (or no machine record)")
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(compact_json(data) + "\n")

@@ -4,22 +4,23 @@ Many publishers call ``MemoryBroker.publish`` at once, so the broker's group com
 a listener counts what is delivered (each event is delivered only after its batch committed). The
 ``memory`` row runs the same load without a disk, to show what the broker itself costs.
 
-    python benchmarks/history.py --events 200000 --rooms 10 --json out.json
+    .venv/bin/python benchmarks/history.py                  # benchmarks/results/history.json
+    .venv/bin/python benchmarks/history.py --events 50000 --out /tmp/h.json
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import sqlite3
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
+
+import benchlib as b
 
 from revchat.broker import MemoryBroker
 from revchat.events import Draft, Event, User
@@ -84,18 +85,23 @@ async def run(backend: str, args: argparse.Namespace, directory: str) -> dict[st
     }
 
 
+FIGURES = ("seconds", "events_per_second", "cpu_seconds", "events_per_cpu_second", "batches",
+           "mean_batch", "max_batch")
+
+
 async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One row per backend: the median of ``--repeat`` runs (a shared machine is noisy)."""
+    """One row per backend: the medians of ``--repeat`` runs, the backends taking turns (a shared
+    machine is noisy); every run is kept."""
+    runs: dict[str, list[dict[str, Any]]] = {backend: [] for backend in args.backends}
+    for _ in range(args.repeat):
+        for backend in args.backends:
+            with tempfile.TemporaryDirectory(dir=args.dir) as directory:
+                runs[backend].append(await run(backend, args, directory))
     results = []
     for backend in args.backends:
-        runs = []
-        for _ in range(args.repeat):
-            with tempfile.TemporaryDirectory(dir=args.dir) as directory:
-                runs.append(await run(backend, args, directory))
-        runs.sort(key=lambda r: r["events_per_second"])
-        rates = [r["events_per_second"] for r in runs]
-        results.append({**runs[len(runs) // 2], "runs": len(runs), "min_eps": rates[0],
-                        "max_eps": rates[-1]})
+        row = b.medians(runs[backend], FIGURES)
+        rates = [r["events_per_second"] for r in runs[backend]]
+        results.append({**row, "runs": len(rates), "min_eps": min(rates), "max_eps": max(rates)})
     return results
 
 
@@ -118,18 +124,21 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--text-size", type=int, default=100, help="characters per message")
     parser.add_argument("--backends", nargs="+", default=["sqlite", "memory"],
                         choices=["sqlite", "memory"])
-    parser.add_argument("--repeat", type=int, default=3, help="runs per backend; median shown")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per backend (backends take turns); medians shown")
     parser.add_argument("--dir", default=None, help="where the database goes (default: tmp)")
-    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--out", default=None, help="JSON path [benchmarks/results/history.json]")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     arguments = parse(sys.argv[1:])
+    b.check_clean(arguments.out)
+    machine = b.machine()
     results = asyncio.run(main(arguments))
     print(table(results))
-    if arguments.json:
-        report = {"benchmark": "history", "python": platform.python_version(),
-                  "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count(), "results": results}
-        with open(arguments.json, "w") as out:
-            json.dump(report, out, indent=2)
+    path = b.write_result("history", {
+        "scenario": "history", "argv": sys.argv[1:], "machine": machine,
+        "sqlite": sqlite3.sqlite_version, "tries": arguments.repeat, "results": results,
+    }, arguments.out)
+    print(f"wrote {path}")

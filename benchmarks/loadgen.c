@@ -9,8 +9,11 @@
  *       Every socket is connected (at most C handshakes in flight; 0 = all at once), and the
  *       time until each has its welcome frame is reported. Then commands are read from stdin:
  *         step RATE DURATION DRAIN SIZE   the sender says RATE messages/s for DURATION s, each a
- *                                         SIZE-character text ending "#<seq>@<send time, us>";
- *                                         receivers time every copy; waits up to DRAIN s for all.
+ *                                         SIZE-character text ending "#<seq>@<due time, us>";
+ *                                         receivers time every copy from when it was due (not
+ *                                         when it was sent) and count a copy seen before, or out
+ *                                         of order, as a duplicate, never as received; waits up
+ *                                         to DRAIN s for all.
  *         stats                            prints the open/closed socket counts.
  *         quit                             closes everything and exits.
  *       Every answer is one JSON line on stdout.
@@ -225,7 +228,11 @@ static void on_text(conn_t *c, const unsigned char *p, uint64_t len, int64_t now
     int64_t seq = digits(p + len - 29, 10);
     int64_t ts = digits(p + len - 18, 16);
     if (seq < 0 || ts < 0) return;
-    if (seq <= c->last_seq) dupes++;
+    if (seq <= c->last_seq) {
+        /* a copy again, or out of order: never counted as received, so it cannot hide a loss */
+        dupes++;
+        return;
+    }
     c->last_seq = seq;
     if (seq < step_first || seq > step_last) {
         stale++;
@@ -623,7 +630,9 @@ static int client_main(int argc, char **argv) {
                 /* {"type":"say","text":"xxxx...#SSSSSSSSSS@TTTTTTTTTTTTTTTT"} */
                 int pad = size - 28;
                 memset(text, 'x', pad);
-                int64_t ts = mono_us();
+                /* the time this message was due, not when it went out: a send held back by the
+                   server's back-pressure still counts from its schedule (no coordinated omission) */
+                int64_t ts = st_start + (int64_t)((double)sent * 1e6 / rate);
                 int tl = pad + sprintf((char *)text + pad, "#%010lld@%016lld", (long long)seq, (long long)ts);
                 char payload[66100];
                 int pl = sprintf(payload, "{\"type\":\"say\",\"text\":\"%.*s\"}", tl, text);

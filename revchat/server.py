@@ -22,6 +22,10 @@ from revchat.startup import ensure_secret_key, uses_data_dir
 log = logging.getLogger("revchat")
 
 
+LISTEN_BACKLOG = 4096
+"""A join storm arrives faster than one accept loop: Sanic's 100 would drop connection attempts."""
+
+
 class ServeError(Exception):
     """The server cannot start; the message is one line for the terminal."""
 
@@ -86,8 +90,7 @@ def run(settings: Settings) -> None:
     app = loader.load()
     app.prepare(host=settings.host, port=settings.port, workers=settings.workers,
                 single_process=settings.workers == 1, motd=False, access_log=False,
-                # a join storm arrives faster than one accept loop: don't drop SYNs at 100
-                backlog=4096, protocol=SocketProtocol)
+                backlog=LISTEN_BACKLOG, protocol=SocketProtocol)
     if settings.workers == 1:
         Sanic.serve_single(primary=app)
     else:
