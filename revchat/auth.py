@@ -16,6 +16,7 @@ from revchat.web import (
     TOO_MANY_SIGNINS,
     current_session,
     end_session,
+    form_of,
     page,
     require_same_origin,
     settings_of,
@@ -48,7 +49,10 @@ async def guest(request: Request) -> HTTPResponse:
     if not settings_of(request).guests:
         return await page(request, "index.html", status=403,
                           error="Guest sign-in is turned off on this server.")
-    name = (request.form.get("name") or "").strip() if request.form else ""
+    form = form_of(request)
+    if form is None:
+        return await page(request, "index.html", status=400, error="The form could not be read.")
+    name = str(form.get("name") or "").strip()
     problem = guest_name_problem(name)
     if problem:
         return await page(request, "index.html", status=400, error=problem, name=name[:64])

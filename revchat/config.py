@@ -226,10 +226,10 @@ OPTIONS: tuple[Option, ...] = (
            "beyond it the server reads it more slowly; 0 turns pacing off [default: 20, or 10 x --rate "
            "if more; 0 when --rate is 0].",
            _float(0, 1e6), "PER_SECOND"),
-    Option("signin_rate", 60, "Sign-ins (guest or Facebook) per client address per minute, per "
-           "worker; over it: 429 (0 turns it off).", _int(0, 1000000), "N"),
-    Option("header_timeout", 5.0, "Seconds a connection has to send a request's headers, and an "
-           "idle one is kept open (slowloris).", _float(0.5, 600), "SECONDS"),
+    Option("signin_rate", 60, "Sign-ins (guest or Facebook) per client address (an IPv6 /64) per "
+           "minute, per worker; over it: 429 (0 turns it off).", _int(0, 1000000), "N"),
+    Option("header_timeout", 5.0, "Seconds a request's headers and body have from its first byte, "
+           "and an idle connection is kept open (slowloris).", _float(0.5, 600), "SECONDS"),
     Option("trusted_proxies", 0, "Reverse proxies in front of revchat whose X-Forwarded-For is "
            "believed for the client address (0: none, use the peer's address).", _int(0, 16), "N"),
 )

@@ -38,6 +38,10 @@ class Closing(Exception):
     """The engine is shutting down and takes no new subscribers."""
 
 
+class SessionEnded(Exception):
+    """The subscriber's session was ended on the server while its socket was opening."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """The engine's settings (SPEC §4): see :mod:`revchat.config` for each one's meaning."""
@@ -110,7 +114,8 @@ class Engine(Fanout):
 
         Interrupted at any await (the client left), it leaves no trace: not counted, not a
         member, its ``leave`` published if its ``join`` was. Once it returns, the caller must
-        :meth:`cancel` it. Raises :class:`Closing` and :class:`TooManySockets`.
+        :meth:`cancel` it. Raises :class:`Closing`, :class:`TooManySockets` and
+        :class:`SessionEnded`.
         """
         if self.closing:
             raise Closing()
@@ -149,6 +154,8 @@ class Engine(Fanout):
             missed = await self._missed(room, since) if since is not None else None
             if self.closing:
                 raise Closing()
+            if session is not None and self.sessions.ended(session):
+                raise SessionEnded()  # signed out while this socket waited for its room
             # From here to the end of the block nothing awaits, so the welcome and the live
             # stream meet exactly: no event is lost or doubled between them.
             archive, resumed = room.archive(since, missed, self.limits.archive_size,

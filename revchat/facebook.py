@@ -43,6 +43,7 @@ from revchat.sessions import Ended, Signer, now_ms
 from revchat.web import (
     TOO_MANY_SIGNINS,
     client_address,
+    form_of,
     page,
     set_short_cookie,
     settings_of,
@@ -317,7 +318,8 @@ async def data_deletion(request: Request) -> HTTPResponse:
     Facebook's servers call it, not a browser, so no Origin check: the signature is the proof.
     """
     settings = _configured(request)
-    raw = request.form.get("signed_request") if request.form else None
+    form = form_of(request) or {}
+    raw = form.get("signed_request")
     user_id = signed_request_user(raw or "", settings.fb_client_secret)
     if user_id is None:
         log.warning("data deletion refused: signed_request missing, malformed or forged")

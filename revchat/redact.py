@@ -1,5 +1,6 @@
 """Nothing secret in a log line: URLs lose their query strings (an OAuth ``code`` and ``state``,
-a ``?since=``) in every record Sanic writes, whatever made it write one."""
+a ``?since=``) in every record Sanic writes, whatever made it write one; and nothing a visitor
+can make Sanic log at will fills the log with tracebacks."""
 
 from __future__ import annotations
 
@@ -16,10 +17,14 @@ def redact(text: str) -> str:
 
 
 class RedactQueries(logging.Filter):
-    """Rewrites a record's message without the query strings of the URLs in it."""
+    """Rewrites a record's message without the query strings of the URLs in it, and drops what
+    any visitor could make Sanic write at ERROR with a traceback: a static file not found (a
+    404, which names the install path)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if record.name == "sanic.error" and message.startswith("File not found"):
+            return False
         if "?" in message:
             record.msg, record.args = redact(message), ()
         return True

@@ -140,9 +140,14 @@ class Ended:
 class SessionBook:
     """This worker's copy of :class:`Ended`: is a session still good?"""
 
+    PRUNE_EVERY = 3600_000
+    """Milliseconds between two sweeps of what expired by itself (an expired entry is harmless:
+    its session is refused anyway)."""
+
     def __init__(self) -> None:
         self._sessions: dict[str, int] = {}
         self._users: dict[str, int] = {}
+        self._pruned = 0
 
     def ended(self, session: Session) -> bool:
         """True when the session was signed out, or its user's sessions were ended after it began."""
@@ -152,14 +157,17 @@ class SessionBook:
         return before is not None and session.issued <= before
 
     def apply(self, ended: Ended, now: int | None = None) -> None:
-        """Add what ``ended`` holds; forget what has expired by itself meanwhile."""
+        """Add what ``ended`` holds (in time proportional to it, not to the book); at most once
+        an hour, forget what has expired by itself meanwhile."""
         now = now_ms() if now is None else now
         self._sessions.update(ended.sessions)
         for user_id, before in ended.users.items():
             self._users[user_id] = max(before, self._users.get(user_id, before))
-        horizon = now - SESSION_MAX_AGE * 1000
-        self._sessions = {sid: t for sid, t in self._sessions.items() if t >= now}
-        self._users = {uid: t for uid, t in self._users.items() if t >= horizon}
+        if now - self._pruned >= self.PRUNE_EVERY:
+            self._pruned = now
+            horizon = now - SESSION_MAX_AGE * 1000
+            self._sessions = {sid: t for sid, t in self._sessions.items() if t >= now}
+            self._users = {uid: t for uid, t in self._users.items() if t >= horizon}
 
     def snapshot(self) -> Ended:
         """What the book holds, as an :class:`Ended` (a copy)."""

@@ -16,16 +16,16 @@ import struct
 import time
 
 from sanic import Blueprint, Request
-from sanic.exceptions import Forbidden, RequestCancelled, ServiceUnavailable
+from sanic.exceptions import Forbidden, RequestCancelled, RequestTimeout, ServiceUnavailable
 from sanic.http.constants import Stage
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from revchat.codes import GOING_AWAY, NO_PONG, SLOW_CONSUMER, TOO_MANY_SOCKETS, UNAVAILABLE
+from revchat.codes import GOING_AWAY, NO_PONG, SIGNED_OUT, SLOW_CONSUMER, TOO_MANY_SOCKETS, UNAVAILABLE
 from revchat.commit import Unstorable
-from revchat.engine import Closing, Engine, RateLimited
+from revchat.engine import Closing, Engine, RateLimited, SessionEnded
 from revchat.errors import BrokerUnavailable
 from revchat.events import ROOM_PATTERN, ErrorCode, error_frame
 from revchat.history import HistoryUnavailable
@@ -131,9 +131,9 @@ class Pinger:
 class Protocol(WebSocketProtocol):
     """Sanic's WebSocket protocol, with two limits Sanic's own lacks.
 
-    * A request's headers must all arrive within ``REQUEST_TIMEOUT`` of its first byte. Sanic's
-      timer restarts on every chunk, so a client dripping a header line a second (slowloris)
-      would hold the connection for hours.
+    * A request's headers and body must all arrive within ``REQUEST_TIMEOUT`` of its first
+      byte. Sanic's timers restart on every chunk, so a client dripping a header line (or a
+      body byte) a second (slowloris) would hold the connection for hours.
     * A socket's own frames (pongs, the close frame) are written at once, as revchat's events
       are, and bounded the same way: beyond ``--queue-size`` unsent bytes the socket is closed
       (1013). Sanic would make each pong wait until the peer reads, in a task of its own, so a
@@ -146,16 +146,39 @@ class Protocol(WebSocketProtocol):
     def data_received(self, data: bytes) -> None:
         if self.websocket is None:
             http = getattr(self, "_http", None)
-            if http is None or http.stage is Stage.IDLE:
+            if http is None or (http.stage is Stage.IDLE and not http.request_body):
                 self._began = time.monotonic()  # the first bytes of a request (Sanic's clock)
         super().data_received(data)  # type: ignore[no-untyped-call]
 
     def check_timeouts(self) -> None:
         http = getattr(self, "_http", None)
         began = getattr(self, "_began", None)
-        if http is not None and http.stage is Stage.REQUEST and began is not None:
-            self._time = min(self._time, began)  # time the headers from their first byte
+        if http is not None and began is not None and self.websocket is None:
+            if http.stage is Stage.REQUEST:
+                self._time = min(self._time, began)  # time the headers from their first byte
+            elif http.request_body and time.monotonic() - began > self.request_timeout:
+                # The body comes in the handler's stage (and, after an answer, is read to its
+                # end while idle), where Sanic's timer restarts on every byte too: the whole
+                # request has the deadline of its headers.
+                if http.stage is Stage.HANDLER and self._task:
+                    http.exception = RequestTimeout("Request Timeout")
+                    self._task.cancel()
+                    self._callback_check_timeouts = self.loop.call_later(
+                        max(0.1, self.request_timeout / 2), self.check_timeouts)
+                elif self.transport is not None:
+                    self.transport.abort()  # answered already; the rest is not worth waiting for
+                return
         super().check_timeouts()  # type: ignore[no-untyped-call]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Sanic cancels the handler now, but a cancellation can be lost inside a Redis call (on
+        # Python 3.11 redis-py's wait_for swallows it): then the handler goes on to wait for a
+        # message that can never come, and its socket stays a member for good. Waking the inbox
+        # ends it however the cancellation fared.
+        inbox = getattr(self.websocket, "assembler", None)
+        super().connection_lost(exc)  # type: ignore[no-untyped-call]
+        if isinstance(inbox, Inbox):
+            inbox.close()
 
     async def send(self, data: bytes) -> None:
         websocket, transport = self.websocket, self.transport
@@ -181,6 +204,10 @@ async def check_handshake(request: Request) -> None:
         raise ServiceUnavailable("too many connections")
 
 
+class Gone(Exception):
+    """The socket's connection is lost (see :meth:`Inbox.close`)."""
+
+
 class Inbox:
     """Stands in for Sanic's frame assembler, which holds one message at a time: when a client
     sends several messages and closes, Sanic closes the connection and cancels the handler with
@@ -199,6 +226,7 @@ class Inbox:
         self._limit = limit
         self.full = False
         """Reading is paused because ``limit`` messages wait."""
+        self._closed = self._transport is None or self._transport.is_closing()
         previous = ws.assembler
         ws.assembler = self  # type: ignore[assignment]
         # A message that arrived before the handler started waits in Sanic's assembler.
@@ -237,8 +265,16 @@ class Inbox:
             self._transport.pause_reading()
             self.full = True
 
+    def close(self) -> None:
+        """The connection is lost: :meth:`get` raises :class:`Gone` once nothing is left."""
+        self._closed = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
     async def get(self) -> str | bytes:
         while not self._messages:
+            if self._closed:
+                raise Gone()
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -274,6 +310,9 @@ async def socket(request: Request, ws: WebsocketImplProtocol, room: str) -> None
     except TooManySockets as exc:
         await ws.close(TOO_MANY_SOCKETS, str(exc))
         return
+    except SessionEnded:
+        await ws.close(*SIGNED_OUT.args)
+        return
     except (BrokerUnavailable, HistoryUnavailable) as exc:
         # The page retries with backoff; 1013 is "try again later".
         log.warning("socket for %s refused: %s", room, exc)
@@ -292,6 +331,8 @@ async def socket(request: Request, ws: WebsocketImplProtocol, room: str) -> None
             if budget is not None:
                 await pace(budget)
             await handle(engine, sub, data, settings.max_message_length)
+    except Gone:
+        pass  # the connection is lost; the handler was not (always) cancelled
     finally:
         if pinger is not None:
             pinger.discard(ws)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -56,8 +58,37 @@ def current_user(request: Request) -> User | None:
 
 
 def client_address(request: Request) -> str:
-    """Who is asking: the peer's address, or the one ``--trusted-proxies`` proxies forwarded."""
-    return request.client_ip or "unknown"
+    """Who is asking: the peer's address, or the one ``--trusted-proxies`` proxies forwarded.
+
+    An IPv6 address counts by its /64, the block one household or one host is given: a client
+    picks addresses within it at will.
+    """
+    address = request.client_ip or "unknown"
+    if ":" in address:
+        try:
+            ip = ipaddress.IPv6Address(address.strip("[]"))
+        except ValueError:
+            return address
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return address
+
+
+def form_of(request: Request) -> Mapping[str, Any] | None:
+    """The request's form fields, or None when the body is not a URL-encoded form of UTF-8 text.
+
+    revchat's forms (and Facebook's callback) are URL-encoded; anything else Sanic would try to
+    parse, and log a traceback when it cannot: anyone could fill the log.
+    """
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if request.body and kind != "application/x-www-form-urlencoded":
+        return None
+    try:
+        request.body.decode()
+    except UnicodeDecodeError:
+        return None
+    return request.form or {}
 
 
 def signin_allowed(request: Request) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import sqlite3
 from collections.abc import AsyncIterator
@@ -463,3 +464,83 @@ async def test_a_clients_ping_is_answered_not_taken_for_a_message(live: Live) ->
             await asyncio.wait_for(await ws.ping(), 5)
         await say(ws, "after the pings")
         assert (await frame(ws))["type"] == "message"
+
+
+async def test_a_lost_cancellation_leaves_no_ghost(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client drops while its subscription is under way and the handler's cancellation is
+    lost (redis-py on Python 3.11 swallows one that lands inside a command): the handler still
+    ends, and the user is no member."""
+    real = live.engine.subscribe
+    store, lost, subscribed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def stubborn(*args: Any, **kwargs: Any) -> Any:
+        async def slow() -> Any:
+            await store.wait()  # a store that is slow to answer
+            return await real(*args, **kwargs)
+
+        task = asyncio.ensure_future(slow())
+        task.add_done_callback(lambda _: subscribed.set())
+        while True:
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                lost.set()
+                continue  # lost, as inside redis-py
+
+    monkeypatch.setattr(live.engine, "subscribe", stubborn)
+    cookie = await live.sign_in("Ghost")
+    reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+    writer.write((f"GET /rooms/lobby/socket HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                  f"Cookie: revchat_session={cookie}\r\n\r\n").encode())
+    await reader.readuntil(b"\r\n\r\n")
+    writer.transport.abort()
+    await asyncio.wait_for(lost.wait(), 5)  # the handler was cancelled, and it did not stick
+    store.set()
+    await asyncio.wait_for(subscribed.wait(), 5)  # the subscription came back to the handler
+    await eventually(lambda: live.engine.connections == 0 and not live.engine.rooms)
+    assert await live.engine.broker.members("lobby") == []
+
+
+async def test_a_body_dripped_byte_by_byte_is_cut_off(tmp_path: Path) -> None:
+    """Headers sent at once, then the body a byte at a time: the whole request has the header
+    timeout from its first byte, so the connection is answered 408 and closed, not held."""
+    async with live_server(make_settings(tmp_path, header_timeout=1.0)) as live:
+        reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+        writer.write(b"POST /auth/guest HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n\r\nname=")
+        started = asyncio.get_running_loop().time()
+        answer = b""
+        async with asyncio.timeout(20):
+            while not reader.at_eof():
+                writer.write(b"a")  # one byte at a time, well within Sanic's own idle timer
+                try:
+                    answer += await asyncio.wait_for(reader.read(65536), 0.3)
+                except TimeoutError:
+                    continue
+                except ConnectionError:
+                    break
+        waited = asyncio.get_running_loop().time() - started
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408") or answer == b"", answer[:100]
+        assert waited < 10, f"the connection was held {waited:.1f} s"
+
+
+@pytest.mark.parametrize(("content_type", "body"), [
+    ("application/x-www-form-urlencoded", b"\xff=\xff"),
+    ("multipart/form-data", b"--x\r\nContent-Disposition: form-data; name=name\r\n\r\nAnn\r\n--x--"),
+    ("text/plain", b"name=Ann"),
+])
+async def test_forms_that_cannot_be_read_are_400_without_a_traceback(
+    live: Live, caplog: pytest.LogCaptureFixture, content_type: str, body: bytes
+) -> None:
+    """A body that is not a URL-encoded UTF-8 form is a 400 with the form again, and nothing of
+    it reaches the log as an error."""
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        response = await client.post("/auth/guest", content=body,
+                                     headers={"content-type": content_type})
+        missing = await client.get("/static/%2e%2e/nothing-here")
+    assert response.status_code == 400 and "could not be read" in response.text
+    assert missing.status_code == 404
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

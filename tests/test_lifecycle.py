@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from revchat.broker import MemoryBroker
-from revchat.engine import Engine, Limits
+from revchat.engine import Engine, Limits, SessionEnded
 from revchat.events import Draft, Event, User
 from revchat.history import HistoryUnavailable, MemoryHistory
 from revchat.quota import TooManySockets
 from revchat.room import Subscription
+from revchat.sessions import Ended, new_session
 from tests.support.sink import Sink
 
 ANN = User("guest:ann", "Ann")
@@ -199,3 +200,22 @@ async def test_a_stale_load_does_not_take_a_newer_room(setup: tuple[Engine, Gate
     await settled(broker)
     assert [f.get("text") for f in sink.frames() if f["type"] == "message"] == ["still delivered"]
     await engine.cancel(second)
+
+
+async def test_a_session_ended_while_its_socket_opens_is_refused(
+    setup: tuple[Engine, GatedBroker, Gate]
+) -> None:
+    """Signed out while the socket waits for its room to load: the subscription is refused
+    with SessionEnded, leaving no trace, instead of living on with a dead session."""
+    engine, broker, gate = setup
+    session = new_session(ANN)
+    gate.arm("history.recent")
+    task = asyncio.ensure_future(engine.subscribe("lobby", ANN, Sink(), session=session))
+    await asyncio.wait_for(gate.reached.wait(), 5)
+    await engine.end_sessions(Ended(sessions={session.id: session.expires}))
+    gate.released.set()
+    with pytest.raises(SessionEnded):
+        await task
+    await settled(broker)
+    assert await broker.members("lobby") == []
+    assert engine.quota.held(ANN.id) == 0 and "lobby" not in engine.rooms
