@@ -6,6 +6,7 @@ only picklable settings and has no side effects until the server starts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from sanic import HTTPResponse, Request, Sanic, json
@@ -23,6 +24,9 @@ from revchat.sessions import Signer
 from revchat.web import STATIC, TEMPLATES, App, page
 
 log = logging.getLogger("revchat")
+
+SHUTDOWN_GRACE = 5.0
+"""Seconds the sockets' handlers have, after the sockets close, to publish what they had read."""
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' https: data:; "
@@ -113,7 +117,14 @@ def setup_lifecycle(app: App, settings: Settings) -> None:
 
     @app.after_server_stop
     async def close_engine(app: App) -> None:
-        await app.ctx.engine.broker.close()
+        engine: Engine = app.ctx.engine
+        # The sockets are closed; their handlers still publish what their clients had sent and
+        # their leaves. Wait for them (a while), then store what is queued and close.
+        try:
+            await asyncio.wait_for(engine.emptied.wait(), SHUTDOWN_GRACE)
+        except TimeoutError:
+            log.warning("revchat: %d sockets still finishing at shutdown", engine.connections)
+        await engine.broker.close()
 
 
 def setup_responses(app: App) -> None:

@@ -94,6 +94,9 @@ class Engine(Fanout):
         self._typing_limiter = RateLimiter(1.0, 3)
         self.quota = SocketQuota(self.limits.user_sockets)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.emptied = asyncio.Event()
+        """Set while the engine holds no room: every subscription has finished."""
+        self.emptied.set()
         broker.listener = self
 
     async def open(self) -> None:
@@ -146,6 +149,7 @@ class Engine(Fanout):
         room = self.rooms.get(name)
         if room is None:
             room = self.rooms[name] = Room(name)
+            self.emptied.clear()
             room.ready = asyncio.ensure_future(self._load(room))
             room.ready.add_done_callback(_retrieved)  # its subscribers may all be gone
         room.refs += 1
@@ -183,6 +187,8 @@ class Engine(Fanout):
             room.loading = None
             if self.rooms.get(room.name) is room:  # not a newer room of the same name
                 del self.rooms[room.name]
+            if not self.rooms:
+                self.emptied.set()
             raise
         if self.rooms.get(room.name) is not room:
             return  # let go while loading (its subscribers left): nothing to deliver to
@@ -218,6 +224,8 @@ class Engine(Fanout):
             if room.flush is not None:
                 room.flush.cancel()
             self.broker.unsubscribe(room.name)
+        if not self.rooms:
+            self.emptied.set()
 
     # -- client actions ---------------------------------------------------------------------
 

@@ -451,3 +451,20 @@ async def test_signing_out_in_one_tab_signs_out_the_others(browser: Any, watch: 
     await second.wait_for_selector("body[data-state=signed-out]")
     await expect(second.locator("#banner-text")).to_have_text("You are signed out.")
     await expect(first.get_by_label("Nickname")).to_be_visible()
+
+
+async def test_light_and_dark_follow_the_system(browser: Any, watch: Watch, live: Live) -> None:
+    """The page is light when the system asks for light and dark when it asks for dark (the
+    colours of the page and its text swap sides), with no reload."""
+
+    def luminance(rgb: str) -> float:
+        red, green, blue = (int(v) for v in re.findall(r"\d+", rgb)[:3])
+        return (0.2126 * red + 0.7152 * green + 0.0722 * blue) / 255
+
+    page = await guest_page(browser, watch, live.url, "Ann", color_scheme="light")
+    colours = "() => [getComputedStyle(document.body).backgroundColor, getComputedStyle(document.body).color]"
+    light_bg, light_text = await page.evaluate(colours)
+    await page.emulate_media(color_scheme="dark")
+    dark_bg, dark_text = await page.evaluate(colours)
+    assert luminance(light_bg) > 0.5 > luminance(light_text), (light_bg, light_text)
+    assert luminance(dark_bg) < 0.5 < luminance(dark_text), (dark_bg, dark_text)

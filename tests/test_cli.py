@@ -9,18 +9,20 @@ import signal
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import websockets
 from typer.testing import CliRunner
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from revchat import __version__
 from revchat.cli import cli
 from revchat.config import OPTIONS, Settings, load
 from revchat.startup import ensure_secret_key
 from tests.support.live import connect, frame, frame_of, say, sign_in
-from tests.support.ports import free_socket
+from tests.support.ports import free_port, free_socket
 from tests.support.process import SCRIPT, serve
 
 runner = CliRunner()
@@ -219,3 +221,92 @@ def test_a_short_secret_key_is_refused(tmp_path: Path) -> None:
         "revchat: REVCHAT_SECRET_KEY: the key is 14 characters; at least 32 are needed "
         "(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"]
     assert "short-key-1234" not in result.stderr + result.stdout
+
+
+def test_console_script_stops_on_sigint_like_sigterm(tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) closes the sockets with 1001 "server shutting down" and exits 0, with the
+    history kept: a restart on the same data dir still has the message."""
+    data = tmp_path / "data"
+    with serve("--data-dir", str(data), log=tmp_path / "log") as served:
+
+        async def scenario() -> tuple[int | None, str | None]:
+            cookie = await sign_in(served.url, "Ann")
+            async with connect(served.port, "lobby", cookie) as ws:
+                await frame(ws)
+                await say(ws, "before ctrl-c")
+                await frame_of(ws, "message")
+                served.proc.send_signal(signal.SIGINT)
+                with contextlib.suppress(ConnectionClosed):
+                    while True:
+                        await frame(ws, timeout=10)
+                return ws.close_code, ws.close_reason
+
+        assert asyncio.run(scenario()) == (1001, "server shutting down")
+        assert served.proc.wait(15) == 0
+    assert "Traceback" not in served.output()
+    result = runner.invoke(cli, ["history", "export", "lobby", "--data-dir", str(data)])
+    assert '"text":"before ctrl-c"' in result.stdout
+
+
+async def ipv6_socket(port: int, cookie: str, origin: str) -> dict[str, Any]:
+    """The welcome of a socket opened to [::1]."""
+    async with websockets.connect(
+            f"ws://[::1]:{port}/rooms/lobby/socket", origin=origin,  # type: ignore[arg-type]
+            additional_headers={"Cookie": f"revchat_session={cookie}"}, open_timeout=5) as ws:
+        return await frame(ws)
+
+
+def test_console_script_serves_on_ipv6_loopback(tmp_path: Path) -> None:
+    """`revchat serve --host ::1` listens on [::1] only; the page, the sign-in form and the socket
+    work there, with [::1] (and its loopback aliases) as the origin and others refused."""
+    with serve("--data-dir", str(tmp_path / "data"), host="::1", log=tmp_path / "log") as served:
+        assert served.url == f"http://[::1]:{served.port}"
+        assert 'action="/auth/guest"' in httpx.get(served.url).text
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{served.port}/healthz")
+        origin = f"http://[::1]:{served.port}"
+        signed_in = httpx.post(f"{served.url}/auth/guest", data={"name": "Ann"},
+                               headers={"origin": origin})
+        assert signed_in.status_code == 302
+        cookie = signed_in.cookies["revchat_session"]
+        alias = httpx.post(f"{served.url}/auth/guest", data={"name": "Bob"},
+                           headers={"origin": f"http://localhost:{served.port}"})
+        assert alias.status_code == 302
+        foreign = httpx.post(f"{served.url}/auth/guest", data={"name": "Eve"},
+                             headers={"origin": "http://evil.example"})
+        assert foreign.status_code == 403
+        welcome = asyncio.run(ipv6_socket(served.port, cookie, origin))
+        assert welcome["type"] == "welcome" and welcome["you"]["name"] == "Ann"
+        with pytest.raises(InvalidStatus) as err:
+            asyncio.run(ipv6_socket(served.port, cookie, "http://evil.example"))
+        assert err.value.response.status_code == 403
+    assert f"serving http://[::1]:{served.port}" in served.output()
+
+
+def test_a_session_survives_a_restart(tmp_path: Path) -> None:
+    """Without --secret-key the key generated at the first start is used again at the next, so a
+    cookie from before a restart still opens the room page and the socket, as the same user."""
+    data, port = tmp_path / "data", free_port()
+    with serve("--data-dir", str(data), port=port, log=tmp_path / "log") as served:
+        cookie = asyncio.run(sign_in(served.url, "Ann"))
+        before = asyncio.run(welcome_of(served.port, cookie))
+        assert served.stop() == 0
+    with serve("--data-dir", str(data), port=port, log=tmp_path / "log") as served:
+        page = httpx.get(f"{served.url}/rooms/lobby", cookies={"revchat_session": cookie})
+        assert page.status_code == 200 and 'data-room="lobby"' in page.text
+        after = asyncio.run(welcome_of(served.port, cookie))
+    assert after["you"] == before["you"]
+
+
+async def welcome_of(port: int, cookie: str) -> dict[str, Any]:
+    async with connect(port, "lobby", cookie) as ws:
+        return await frame(ws)
+
+
+def test_log_level_warning_hides_the_start_lines(tmp_path: Path) -> None:
+    """--log-level warning: `revchat serve` runs without its info lines (which info shows)."""
+    with serve("--data-dir", str(tmp_path / "data"), "--log-level", "warning",
+               log=tmp_path / "log") as served:
+        assert served.stop() == 0
+    assert "revchat: serving" not in served.output()
+    assert "guest sign-in is on" not in served.output()

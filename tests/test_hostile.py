@@ -31,7 +31,7 @@ def redis() -> AsyncIterator[RedisServer]:
         yield server  # type: ignore[misc]
 
 
-STORES = ["memory", "sqlite", "redis"]
+STORES = ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)]
 
 
 def store_settings(store: str, tmp_path: Path, redis: RedisServer | None, **changes: Any) -> Any:
@@ -108,6 +108,7 @@ async def test_healthz_is_503_when_the_publisher_stops(live: Live) -> None:
         assert (await frame_of(ws, "error"))["code"] == "unavailable"
 
 
+@pytest.mark.redis
 async def test_healthz_is_503_when_the_redis_reader_stops(redis: RedisServer, tmp_path: Path) -> None:
     """With Redis, a reader task that ended is a 503 naming the broker, without its address."""
     async with live_server(store_settings("redis", tmp_path, redis)) as live:
@@ -156,6 +157,7 @@ async def test_a_client_gone_while_its_join_is_stored_is_no_ghost(tmp_path: Path
         assert await live.engine.broker.members("lobby") == []
 
 
+@pytest.mark.redis
 async def test_a_client_gone_while_redis_counts_it_is_no_ghost(redis: RedisServer,
                                                                tmp_path: Path) -> None:
     """Redis stops taking writes (CLIENT PAUSE) while a client's presence is counted; the client
@@ -311,6 +313,7 @@ async def test_sign_out_ends_the_session_everywhere(live: Live) -> None:
     assert refused.value.response.status_code == 403
 
 
+@pytest.mark.redis
 async def test_sign_out_on_one_server_ends_it_on_another(redis: RedisServer, tmp_path: Path) -> None:
     """Two servers share Redis: signing out on one closes the session's socket on the other and
     the other refuses the cookie from then on."""

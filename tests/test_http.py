@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,10 +107,41 @@ def test_cross_origin_post_is_refused(app: Sanic) -> None:
     assert response.status == 403
 
 
-def test_loopback_aliases_of_the_public_origin_are_accepted(app: Sanic) -> None:
-    """On a loopback public URL, localhost and 127.0.0.1 are the same origin."""
+@pytest.mark.parametrize("origin", ["http://localhost:9000", "http://127.0.0.1:9000",
+                                    "http://[::1]:9000"])
+def test_loopback_aliases_of_the_public_origin_are_accepted(app: Sanic, origin: str) -> None:
+    """On a loopback public URL, localhost, 127.0.0.1 and [::1] are the same origin, for the
+    sign-in form and for signing out."""
     _, response = app.test_client.post("/auth/guest", data={"name": "Ann"},
-                                       headers={"origin": "http://localhost:9000"},
+                                       headers={"origin": origin}, allow_redirects=False)
+    assert response.status == 302
+    cookie = response.cookies[SESSION_COOKIE]
+    _, response = app.test_client.post("/auth/logout", headers={"origin": origin, **session(cookie)},
+                                       allow_redirects=False)
+    assert response.status == 302
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:9001", "https://localhost:9000",
+                                    "http://[::1]", "http://127.0.0.2:9000", "http://[::2]:9000",
+                                    "null"])
+def test_other_ports_schemes_and_hosts_are_foreign(app: Sanic, origin: str) -> None:
+    """The loopback aliases keep the public URL's scheme and port; anything else is refused."""
+    _, response = app.test_client.post("/auth/guest", data={"name": "Ann"},
+                                       headers={"origin": origin}, allow_redirects=False)
+    assert response.status == 403
+
+
+@pytest.mark.parametrize("origin", ["http://localhost", "http://127.0.0.1", "http://[::1]",
+                                    "https://localhost"])
+def test_a_public_url_that_is_not_loopback_has_no_aliases(tmp_path: Path, origin: str) -> None:
+    """With --public-url https://chat.example.org only that origin is accepted, not loopback ones."""
+    app = create_app(make_settings(tmp_path, public_url="https://chat.example.org"),
+                     name="revchat_public_origin_test")
+    _, response = app.test_client.post("/auth/guest", data={"name": "Ann"},
+                                       headers={"origin": origin}, allow_redirects=False)
+    assert response.status == 403
+    _, response = app.test_client.post("/auth/guest", data={"name": "Ann"},
+                                       headers={"origin": "https://chat.example.org"},
                                        allow_redirects=False)
     assert response.status == 302
 
@@ -175,6 +208,15 @@ def test_history_endpoint(app: Sanic) -> None:
         assert response.status == 400
 
 
+def test_healthz_names_its_parts(app: Sanic) -> None:
+    """/healthz answers exactly the documented fields: status, broker, history, connections,
+    rooms and the worker's process id."""
+    _, response = app.test_client.get("/healthz")
+    assert response.status == 200
+    assert response.json == {"status": "ok", "broker": "memory", "history": "memory",
+                             "connections": 0, "rooms": 0, "worker": os.getpid()}
+
+
 def test_healthz_and_metrics(app: Sanic) -> None:
     """/healthz says ok with the parts named; /metrics is Prometheus text."""
     _, response = app.test_client.get("/healthz")
@@ -191,6 +233,20 @@ def test_static_files_are_served(app: Sanic) -> None:
     for path in ("/static/room.js", "/static/style.css"):
         _, response = app.test_client.get(path)
         assert response.status == 200 and len(response.body) > 100
+
+
+def test_pages_load_nothing_from_another_origin(app: Sanic) -> None:
+    """The sign-in and room pages, their script and their style load nothing from elsewhere (no
+    framework from a CDN, no external font): every src/href is revchat's own /static/."""
+    cookie = sign_in(app)
+    bodies = [app.test_client.get(path, headers=session(cookie))[1].text
+              for path in ("/", "/rooms/lobby", "/static/room.js", "/static/style.css")]
+    page_links = re.findall(r'(?:src|href)="([^"]*)"', bodies[0] + bodies[1])
+    assert page_links and all(link.startswith(("/static/", "/rooms", "/", "#")) and
+                              not link.startswith("//") for link in page_links), page_links
+    for body in bodies:
+        assert not re.search(r"(?:src|href)\s*=\s*[\"']?(?:https?:)?//", body)
+        assert not re.search(r"@import|@font-face|url\(\s*[\"']?(?:https?:)?//", body)
 
 
 def test_unknown_page_is_a_clean_404(app: Sanic) -> None:

@@ -17,7 +17,7 @@ import pytest
 from revchat.events import id_key
 from tests.support.live import connect, frame, frame_of, say, sign_in
 from tests.support.ports import free_port
-from tests.support.process import SCRIPT, Served, serve
+from tests.support.process import SCRIPT, Served, children, open_on_both_workers, serve
 from tests.support.redis_server import RedisServer, redis_server
 
 SECRET = "shared-secret-" + "k" * 40
@@ -38,6 +38,7 @@ def healthz(served: Served) -> httpx.Response:
     return httpx.get(f"{served.url}/healthz", timeout=5)
 
 
+@pytest.mark.redis
 def test_two_servers_share_a_room(redis: RedisServer, tmp_path: Path) -> None:
     """Users on two servers see each other, in one order, with members and joins agreeing."""
     with serve(*server_args(redis, tmp_path / "a"), log=tmp_path / "a.log") as one, \
@@ -74,22 +75,33 @@ def test_two_servers_share_a_room(redis: RedisServer, tmp_path: Path) -> None:
         asyncio.run(scenario())
 
 
+@pytest.mark.redis
 def test_several_workers_are_one_room(redis: RedisServer, tmp_path: Path) -> None:
-    """--workers 2: clients spread over both workers all receive every message."""
+    """--workers 2: with sockets on both workers (each worker's /healthz counts its own), every
+    client receives every message, all in one order."""
     with serve(*server_args(redis, tmp_path / "d", "--workers", "2"),
                log=tmp_path / "w.log") as served:
         pids = {healthz(served).json()["worker"] for _ in range(40)}
         assert len(pids) == 2, "two workers answer"
+        assert pids <= children(served.proc.pid), "the workers are the server's processes"
 
         async def scenario() -> None:
-            cookies = [await sign_in(served.url, f"U{i}") for i in range(8)]
-            clients = [await connect(served.port, "lobby", c).__aenter__() for c in cookies]
+            clients = await open_on_both_workers(served)
             try:
-                for ws in clients:
-                    await frame(ws)
-                await say(clients[0], "hello all")
-                for ws in clients:
-                    assert (await frame_of(ws, "message"))["text"] == "hello all"
+                for ws in clients:  # every client has seen the last one join
+                    while (await frame_of(ws, "join"))["user"]["name"] != f"U{len(clients) - 1}":
+                        pass
+                texts = [f"from U{i} #{n}" for n in range(3) for i in range(len(clients))]
+                for n in range(3):  # all at once, from sockets on both workers
+                    for i, ws in enumerate(clients):
+                        await say(ws, f"from U{i} #{n}")
+                orders = [[(m["id"], m["text"]) for m in
+                           [await frame_of(ws, "message", timeout=15) for _ in texts]]
+                          for ws in clients]
+                assert all(order == orders[0] for order in orders), "one order for everyone"
+                assert sorted(text for _, text in orders[0]) == sorted(texts)
+                ids = [id_key(i) for i, _ in orders[0]]
+                assert ids == sorted(ids) and len(set(ids)) == len(ids)  # type: ignore[type-var]
             finally:
                 for ws in clients:
                     await ws.close()
@@ -98,6 +110,7 @@ def test_several_workers_are_one_room(redis: RedisServer, tmp_path: Path) -> Non
         assert served.stop() == 0
 
 
+@pytest.mark.redis
 def test_redis_lost_and_back(redis: RedisServer, tmp_path: Path) -> None:
     """Redis killed: 503 naming the broker and an error frame for say; back: all recovers."""
     with serve(*server_args(redis, tmp_path / "d"), log=tmp_path / "log") as served:

@@ -31,7 +31,7 @@ LAUNCH_ARGS = [
 DESKTOP = {"width": 1280, "height": 760}
 PHONE = {"width": 375, "height": 740}
 # Screenshots go to artifacts/ (ignored by git); REVCHAT_SCREENSHOTS=docs refreshes the README's.
-DOCS = Path(__file__).resolve().parent.parent / (
+DOCS = Path(__file__).resolve().parents[2] / (
     "docs" if os.environ.get("REVCHAT_SCREENSHOTS") == "docs" else "artifacts")
 
 
@@ -147,17 +147,25 @@ class Server:
         if server is None:
             return
         assert self.live is not None
-        await server.before_stop()
-        server.close()
-        await server.wait_closed()
-        engine: Engine = self.live.app.ctx.engine
-        async with asyncio.timeout(5):
-            while engine.rooms:  # noqa: ASYNC110 - handlers finish after their sockets close
-                await asyncio.sleep(0.01)
-        await server.after_stop()
-        if self._sock is not None:
-            self._sock.close()
-        Sanic.unregister_app(self.live.app)
+        # As tests.support.live.serving: a step that fails (the rooms not let go in time) still
+        # closes the engine, the port and the app's registration.
+        try:
+            try:
+                await server.before_stop()
+            finally:
+                server.close()
+                await server.wait_closed()
+            engine: Engine = self.live.app.ctx.engine
+            async with asyncio.timeout(5):
+                while engine.rooms:  # noqa: ASYNC110 - handlers finish after their sockets close
+                    await asyncio.sleep(0.01)
+        finally:
+            try:
+                await server.after_stop()
+            finally:
+                if self._sock is not None:
+                    self._sock.close()
+                Sanic.unregister_app(self.live.app)
 
 
 @asynccontextmanager

@@ -108,20 +108,32 @@ async def serving(app: Sanic, sock: socket.socket,
     server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False,
                                      protocol=SocketProtocol)
     assert server is not None
-    await server.startup()
-    await server.before_start()
-    await server.after_start()
-    await server.start_serving()
+    try:
+        await server.startup()
+        await server.before_start()
+        await server.after_start()
+        await server.start_serving()
+    except BaseException:
+        sock.close()  # the engine did not open: nothing else to stop
+        raise
     try:
         yield
     finally:
-        await server.before_stop()
-        server.close()
-        await server.wait_closed()
-        if drain is not None:
-            await drain()
-        await server.after_stop()
-        sock.close()
+        # Each step runs whatever the one before it raised: a drain that times out must not
+        # leave the engine open (after_stop) or the port bound.
+        try:
+            try:
+                await server.before_stop()
+            finally:
+                server.close()
+                await server.wait_closed()
+            if drain is not None:
+                await drain()
+        finally:
+            try:
+                await server.after_stop()
+            finally:
+                sock.close()
 
 
 @asynccontextmanager
