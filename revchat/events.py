@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
+from revchat.codes import ErrorCode
+
 EventType = Literal["message", "join", "leave"]
 EVENT_TYPES: frozenset[str] = frozenset({"message", "join", "leave"})
 
@@ -153,9 +155,6 @@ def welcome_frame(room: str, you: User, members: str, archive: list[Event], resu
 
 def typing_frame(room: str, user: User) -> str:
     return _dumps({"type": "typing", "room": room, "user": user.as_dict()})
-
-
-ErrorCode = Literal["bad_request", "too_long", "rate_limited", "unavailable"]
 
 
 def error_frame(code: ErrorCode, message: str) -> str:

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from revchat.events import ErrorCode, storable
+from revchat.codes import ErrorCode
+from revchat.events import storable
 
 
 class BadFrame(Exception):

@@ -23,11 +23,19 @@ from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from revchat.codes import GOING_AWAY, NO_PONG, SIGNED_OUT, SLOW_CONSUMER, TOO_MANY_SOCKETS, UNAVAILABLE
+from revchat.codes import (
+    GOING_AWAY,
+    NO_PONG,
+    SIGNED_OUT,
+    SLOW_CONSUMER,
+    TOO_MANY_SOCKETS,
+    UNAVAILABLE,
+    ErrorCode,
+)
 from revchat.commit import Unstorable
 from revchat.engine import Closing, Engine, RateLimited, SessionEnded
 from revchat.errors import BrokerUnavailable
-from revchat.events import ROOM_PATTERN, ErrorCode, error_frame
+from revchat.events import ROOM_PATTERN, error_frame
 from revchat.history import HistoryUnavailable
 from revchat.pages import room_name
 from revchat.protocol import BadFrame, Say, TokenBucket, parse
@@ -308,7 +316,7 @@ async def socket(request: Request, ws: WebsocketImplProtocol, room: str) -> None
         await ws.close(*GOING_AWAY.args)
         return
     except TooManySockets as exc:
-        await ws.close(TOO_MANY_SOCKETS, str(exc))
+        await ws.close(TOO_MANY_SOCKETS.code, str(exc))
         return
     except SessionEnded:
         await ws.close(*SIGNED_OUT.args)

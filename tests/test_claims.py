@@ -18,6 +18,7 @@ import websockets
 from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed
 
+from revchat import codes
 from revchat.config import load
 from revchat.events import Draft, ErrorCode, User
 from revchat.sessions import SESSION_COOKIE
@@ -53,16 +54,16 @@ async def closed_with(ws: Any) -> tuple[int | None, str | None]:
     return ws.close_code, ws.close_reason
 
 
-UNAVAILABLE = (1013, "service unavailable, try again later")
+UNAVAILABLE = codes.UNAVAILABLE.args
 
 
 # -- the store down when a socket opens -----------------------------------------------------------
 
 
 @pytest.mark.redis
-async def test_redis_down_new_sockets_close_with_1013_until_it_is_back(
+async def test_redis_down_new_sockets_close_as_unavailable_until_it_is_back(
         redis: RedisServer, tmp_path: Path) -> None:
-    """Redis killed: a new socket (to a room this worker must read) closes with 1013 "service
+    """Redis killed: a new socket (to a room this worker must read) closes with 4503 "service
     unavailable, try again later", /healthz is 503 naming the broker without its address,
     revchat_broker_up is 0, a say is an unavailable error counted as a history failure, and
     signing out is a 503 that keeps the cookie. Redis back: all of it works again."""
@@ -101,10 +102,10 @@ async def test_redis_down_new_sockets_close_with_1013_until_it_is_back(
 
 
 @pytest.mark.redis
-async def test_redis_down_a_resume_that_needs_the_stream_closes_with_1013(
+async def test_redis_down_a_resume_that_needs_the_stream_closes_as_unavailable(
         redis: RedisServer, tmp_path: Path) -> None:
     """Redis killed: reconnecting with a ?since= older than what the worker holds needs a read of
-    the stream, so the socket closes with 1013 (not a welcome without the missed events)."""
+    the stream, so the socket closes with 4503 (not a welcome without the missed events)."""
     async with live_server(make_settings(tmp_path, broker=redis.url, rate=0.0)) as live:
         ann = await live.sign_in("Ann")
         async with live.connect("lobby", ann) as a:
@@ -119,9 +120,9 @@ async def test_redis_down_a_resume_that_needs_the_stream_closes_with_1013(
                 assert await closed_with(again) == UNAVAILABLE
 
 
-async def test_history_unreadable_new_sockets_close_with_1013(tmp_path: Path) -> None:
+async def test_history_unreadable_new_sockets_close_as_unavailable(tmp_path: Path) -> None:
     """The SQLite history lost (its connection closed under the server): a new socket closes with
-    1013, /healthz is 503 naming the history but not its path; open again, all works."""
+    4503, /healthz is 503 naming the history but not its path; open again, all works."""
     db = tmp_path / "h.db"
     async with live_server(make_settings(tmp_path, history=f"sqlite:///{db}")) as live:
         cookie = await live.sign_in("Ann")
@@ -419,8 +420,9 @@ async def test_facebook_sign_ins_count_against_the_signin_rate(tmp_path: Path) -
     assert "Too many sign-ins" in answers[2].text
 
 
-async def test_signing_out_closes_the_sockets_with_1008_signed_out(live: Live) -> None:
-    """Signing out closes the session's open sockets with 1008 and the reason "signed out"."""
+async def test_signing_out_closes_the_sockets_as_signed_out(live: Live) -> None:
+    """Signing out closes the session's open sockets with 4401 "signed out" (the page then
+    offers to sign in instead of reconnecting)."""
     cookie = await live.sign_in("Ann")
     async with live.connect("lobby", cookie) as one, live.connect("other", cookie) as two:
         await frame(one)
@@ -428,8 +430,8 @@ async def test_signing_out_closes_the_sockets_with_1008_signed_out(live: Live) -
         async with httpx.AsyncClient(base_url=live.url) as client:
             out = await client.post("/auth/logout", headers={"cookie": f"revchat_session={cookie}"})
         assert out.status_code == 302
-        assert await closed_with(one) == (1008, "signed out")
-        assert await closed_with(two) == (1008, "signed out")
+        assert await closed_with(one) == (4401, "signed out")
+        assert await closed_with(two) == (4401, "signed out")
 
 
 async def test_the_name_comes_from_the_session_not_the_query_string(live: Live) -> None:

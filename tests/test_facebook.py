@@ -405,7 +405,7 @@ async def test_the_code_never_reaches_the_log(fb: Setup, caplog: pytest.LogCaptu
 
 async def test_data_deletion_ends_the_users_sessions(fb: Setup) -> None:
     """After Facebook's data deletion, the user's cookie opens nothing and their open socket is
-    closed with 1008; other users are not touched."""
+    closed with 4401 "signed out"; other users are not touched."""
     cookie = (await fb.click_through()).cookies[SESSION_COOKIE]
     person = fb.fake.person
     async with fb.live.connect("lobby", cookie) as ws:
@@ -418,7 +418,7 @@ async def test_data_deletion_ends_the_users_sessions(fb: Setup) -> None:
         assert answer.status_code == 200
         with pytest.raises(ConnectionClosed) as closed:
             await frame_of(ws, "never")
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
     page = await fb.browser.get("/rooms/lobby", headers={"cookie": f"{SESSION_COOKIE}={cookie}"})
     assert page.status_code == 302
     again = (await fb.click_through()).cookies[SESSION_COOKIE]  # signing in anew works

@@ -293,7 +293,7 @@ async def test_new_sockets_per_user_per_minute_are_limited(tmp_path: Path) -> No
 
 async def test_sign_out_ends_the_session_everywhere(live: Live) -> None:
     """After sign-out, a kept copy of the cookie opens no page, no history and no socket, and the
-    session's open socket is closed with 1008."""
+    session's open socket is closed with 4401 "signed out"."""
     cookie = await live.sign_in("Ann")
     headers = {"cookie": f"revchat_session={cookie}"}
     async with live.connect("lobby", cookie) as ws:
@@ -303,7 +303,7 @@ async def test_sign_out_ends_the_session_everywhere(live: Live) -> None:
             assert out.status_code == 302
             with pytest.raises(ConnectionClosed) as closed:
                 await frame_of(ws, "never")
-            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
             assert (await client.get("/rooms/lobby")).status_code == 302
             assert (await client.get("/rooms/lobby/history")).status_code == 401
             assert "Welcome" not in (await client.get("/")).text
@@ -327,7 +327,7 @@ async def test_sign_out_on_one_server_ends_it_on_another(redis: RedisServer, tmp
                 assert out.status_code == 302
             with pytest.raises(ConnectionClosed) as closed:
                 await frame_of(ws, "never", timeout=5)
-            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
         async with httpx.AsyncClient(base_url=two.url) as client:
             page = await client.get("/rooms/lobby", headers={"cookie": f"revchat_session={cookie}"})
         assert page.status_code == 302
