@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from revchat.broker import MemoryBroker
+from revchat.codes import SIGNED_OUT, SLOW_CONSUMER
 from revchat.engine import Closing, Engine, Limits, RateLimited
 from revchat.events import User
 from revchat.history import MemoryHistory
@@ -88,7 +89,7 @@ async def test_slow_consumer_is_dropped_not_waited_for(engine: Engine) -> None:
     for i in range(20):
         await engine.say(sub, "x" * 100 + str(i))
     frames = await fast.wait_for(2 + 20)
-    assert slow.closed == (1013, "slow consumer")
+    assert slow.closed == SLOW_CONSUMER.args
     assert [f["text"] for f in frames if f["type"] == "message"][-1].endswith("19")
     assert engine.stats.slow_consumers == 1
 
@@ -212,3 +213,201 @@ def test_malformed_ids_have_no_key() -> None:
     assert id_key("42") == (42, 0) and id_key("1764489600123-7") == (1764489600123, 7)
     for bad in ("", "-", "1-2-3", "x", "²", "1e5", " 1", "9" * 21):
         assert id_key(bad) is None
+
+
+class Clock:
+    """A clock the test moves by hand (the engine's typing budget reads it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def open_engine(history: MemoryHistory | None = None, **limits: Any) -> Engine:
+    broker = MemoryBroker(history or MemoryHistory())
+    await broker.open()
+    return Engine(broker, Limits(**{"write_delay": 0.0, "rate": 0, **limits}))
+
+
+async def test_room_rate_is_per_user_and_room() -> None:
+    """The room budget is one user's in one room: after Ann's burst in the lobby she may still
+    speak elsewhere and Bob in the lobby; each refusal is counted."""
+    engine = await open_engine(rate=1.0, burst=2)
+    ann = await engine.subscribe("lobby", ANN, Sink())
+    for _ in range(2):
+        await engine.say(ann, "ok")
+    with pytest.raises(RateLimited):
+        await engine.say(ann, "too many")
+    await engine.say(await engine.subscribe("other", ANN, Sink()), "elsewhere")
+    await engine.say(await engine.subscribe("lobby", BOB, Sink()), "bob")
+    assert engine.stats.rate_limited == 1
+    with pytest.raises(RateLimited):
+        await engine.say(ann, "still too many")
+    assert engine.stats.rate_limited == 2
+    await engine.broker.close()
+
+
+async def test_user_rate_spans_rooms_in_bursts_of_twice_burst() -> None:
+    """--user-rate is one budget per user across every room, in bursts of twice --burst; other
+    users have their own."""
+    engine = await open_engine(user_rate=0.001, burst=2)
+    ann = [await engine.subscribe(room, ANN, Sink()) for room in ("a", "b", "c", "d", "e")]
+    for sub in ann[:4]:
+        await engine.say(sub, "ok")
+    with pytest.raises(RateLimited):
+        await engine.say(ann[4], "fifth")
+    await engine.say(await engine.subscribe("a", BOB, Sink()), "bob")
+    await engine.broker.close()
+
+
+async def test_typing_notices_are_three_at_once_then_one_a_second(engine: Engine) -> None:
+    """A typist's notices in a room pass three at once, then one a second; other rooms and other
+    typists have their own budget."""
+    clock = Clock()
+    engine._typing_limiter._clock = clock  # the only budget without a clock of its own to pass
+    watcher = Sink()
+    await engine.subscribe("lobby", BOB, watcher)
+    ann = await engine.subscribe("lobby", ANN, Sink())
+    carol = await engine.subscribe("lobby", User("guest:carol", "Carol"), Sink())
+    ann_elsewhere = await engine.subscribe("other", ANN, Sink())
+    other_watcher = Sink()
+    await engine.subscribe("other", BOB, other_watcher)
+
+    def notices(sink: Sink, user: User) -> int:
+        return sum(f["type"] == "typing" and f["user"]["id"] == user.id for f in sink.frames())
+
+    for _ in range(5):
+        engine.typing(ann)
+        engine.typing(carol)
+        engine.typing(ann_elsewhere)
+    assert (notices(watcher, ANN), notices(watcher, carol.user), notices(other_watcher, ANN)) == (3, 3, 3)
+    clock.now += 0.75
+    engine.typing(ann)
+    assert notices(watcher, ANN) == 3
+    clock.now += 0.25
+    engine.typing(ann)
+    engine.typing(ann)
+    assert notices(watcher, ANN) == 4
+
+
+async def test_cancel_twice_counts_once(engine: Engine) -> None:
+    """Cancelling a subscription twice releases its socket once: the user's other tab keeps them
+    a member and keeps its place in the socket count."""
+    watcher = Sink()
+    await engine.subscribe("lobby", BOB, watcher)
+    tab1 = await engine.subscribe("lobby", ANN, Sink())
+    tab2 = await engine.subscribe("lobby", ANN, Sink())
+    await engine.cancel(tab1)
+    await engine.cancel(tab1)
+    assert engine.quota.held(ANN.id) == 1
+    await engine.say(tab2, "still here")
+    await watcher.until(lambda: any(f.get("text") == "still here" for f in watcher.frames()))
+    assert [f["type"] for f in watcher.events() if f["user"]["id"] == ANN.id] == ["join", "message"]
+    assert ANN.id in engine.rooms["lobby"].members
+
+
+async def test_ending_a_session_closes_only_its_sockets() -> None:
+    """end_sessions closes every socket of that session as signed out after the frames
+    pending for it, and stops writing to it; other sessions and guests without one stay."""
+    from revchat.sessions import Ended, new_session
+
+    engine = await open_engine(write_delay=60.0)
+    ended, kept = new_session(ANN), new_session(BOB)
+    ann_sink, ann_late, bob_sink, guest_sink = Sink(), Sink(), Sink(), Sink()
+    ann = await engine.subscribe("lobby", ANN, ann_sink, session=ended)
+    bob = await engine.subscribe("lobby", BOB, bob_sink, session=kept)
+    await engine.subscribe("lobby", User("guest:g", "G"), guest_sink)
+    engine._flush(engine.rooms["lobby"])
+    await engine.say(bob, "before")  # pending: written before the close
+    await engine.subscribe("lobby", ANN, ann_late, session=ended)  # welcomed while frames are pending
+    await engine.end_sessions(Ended(sessions={ended.id: ended.expires}))
+    for sink in (ann_sink, ann_late):
+        assert sink.closed == SIGNED_OUT.args
+    assert any(f.get("text") == "before" for f in ann_sink.frames())
+    assert bob_sink.closed is None and guest_sink.closed is None
+    assert engine.sessions.ended(ended) and not engine.sessions.ended(kept)
+    await engine.say(bob, "after")
+    engine._flush(engine.rooms["lobby"])
+    assert ann_sink.writes_after_close == ann_late.writes_after_close == 0
+    assert any(f.get("text") == "after" for f in guest_sink.frames())
+    await engine.cancel(ann)
+    await engine.broker.close()
+
+
+async def test_timestamps_are_the_clock_in_milliseconds() -> None:
+    """Events carry the engine clock's time in whole Unix milliseconds."""
+    broker = MemoryBroker(MemoryHistory())
+    await broker.open()
+    engine = Engine(broker, Limits(rate=0), clock=lambda: 1764489600.1234)
+    sub = await engine.subscribe("lobby", ANN, Sink())
+    assert (await engine.say(sub, "hi")).timestamp == 1764489600123
+    await broker.close()
+
+
+async def test_resume_from_the_cache_when_the_store_no_longer_keeps_it() -> None:
+    """A resume from an id the room still caches is served from the cache, even the oldest
+    cached one, when the store has already trimmed it away."""
+    engine = await open_engine(MemoryHistory(keep=3), archive_size=2)
+    sink = Sink()
+    sub = await engine.subscribe("lobby", ANN, sink)
+    said = [await engine.say(sub, f"m{i}") for i in range(6)]
+    oldest = engine.rooms["lobby"].recent[0]
+    for since, expected in ((said[1].id, [f"m{i}" for i in range(2, 6)]),
+                            (oldest.id, [f"m{i}" for i in range(6)])):
+        late = Sink()
+        await engine.subscribe("lobby", BOB, late, since=since)
+        welcome = (await late.wait_for(1))[0]
+        assert welcome["resumed"] is True
+        assert [e["text"] for e in welcome["archive"] if e["type"] == "message"] == expected
+    await engine.broker.close()
+
+
+async def test_resume_from_before_the_cache_reads_the_history() -> None:
+    """A resume from an id older than the room's cache is read from the history: every event
+    after it, once, in order."""
+    engine = await open_engine(archive_size=5, resume_limit=500)
+    sub = await engine.subscribe("lobby", ANN, Sink())
+    said = [await engine.say(sub, f"m{i}") for i in range(130)]
+    await engine.cancel(sub)  # the room is let go; opened again it caches the last 100 events
+    late = Sink()
+    await engine.subscribe("lobby", BOB, late, since=said[10].id)
+    assert engine.rooms["lobby"].recent[0].key > said[10].key
+    welcome = (await late.wait_for(1))[0]
+    assert welcome["resumed"] is True
+    assert [e["text"] for e in welcome["archive"] if e["type"] == "message"] == [
+        f"m{i}" for i in range(11, 130)]
+    await engine.broker.close()
+
+
+class Recording(MemoryBroker):
+    """A memory broker that records what the engine asks it to deliver."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryHistory())
+        self.calls: list[tuple[str, str, str | None]] = []
+
+    def subscribe(self, room: str, after: str | None) -> None:
+        self.calls.append(("subscribe", room, after))
+
+    def unsubscribe(self, room: str) -> None:
+        self.calls.append(("unsubscribe", room, None))
+
+
+async def test_the_broker_is_asked_for_events_after_the_last_one_loaded() -> None:
+    """Opening a room asks the broker for its events after the newest one loaded (from the start
+    for an empty room), and the last subscriber leaving stops that."""
+    broker = Recording()
+    await broker.open()
+    engine = Engine(broker, Limits(rate=0, write_delay=0))
+    sub = await engine.subscribe("lobby", ANN, Sink())
+    await engine.say(sub, "hi")
+    await engine.cancel(sub)
+    newest = (await broker.history.recent("lobby", 1))[0]  # Ann's leave
+    again = await engine.subscribe("lobby", ANN, Sink())
+    await engine.cancel(again)
+    assert broker.calls == [("subscribe", "lobby", None), ("unsubscribe", "lobby", None),
+                            ("subscribe", "lobby", newest.id), ("unsubscribe", "lobby", None)]
+    assert engine.faults is broker.faults
+    await broker.close()

@@ -341,3 +341,64 @@ def test_rate_limiter_keeps_buckets_that_are_not_full() -> None:
         assert limiter.allow(f"user{i}", "room")
     assert len(limiter._buckets) == 10_002
     assert not limiter.allow("limited", "room")
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b'{"type":"say","text":"hi"}', "frames must be JSON text, not binary"),
+    ("{", "the frame is not valid JSON"),
+    ("[" * 10_000, "the frame is nested too deep"),
+    ("[]", "the frame must be a JSON object"),
+    ('{"type":"shout"}', "unknown frame type 'shout'"),
+    ('{"type":5}', "unknown frame type int"),
+    ('{"type":null}', "unknown frame type NoneType"),
+    ('{"type":"' + "x" * 100 + '"}', "unknown frame type '" + "x" * 40 + "'"),
+    ('{"type":"say"}', "a say frame needs a text string"),
+    ('{"type":"say","text":" \\n "}', "the message is empty"),
+    ('{"type":"say","text":"' + "x" * 11 + '"}', "the message is longer than 10 characters"),
+    ('{"type":"say","text":"\\ud800"}', "the message is not valid Unicode text (a lone surrogate)"),
+])
+def test_each_refusal_says_why(data: str | bytes, message: str) -> None:
+    """Each refusal carries the sentence the page shows the person ("Not sent: ..."), naming what was
+    wrong; an unknown type is echoed as at most its first 40 characters."""
+    with pytest.raises(BadFrame) as caught:
+        parse(data, 10)
+    assert caught.value.message == message == str(caught.value)
+
+
+def test_a_token_short_by_rounding_alone_still_passes() -> None:
+    """A bucket that has refilled to within 1e-9 of a whole token gives it: waiting exactly what it
+    said must not starve the caller on rounding."""
+    bucket = TokenBucket(1.0, 1.0, 0.0)
+    assert bucket.take(0.0) == 0.0
+    assert bucket.take(1.0 - 1e-9) == 0.0
+
+
+def test_token_bucket_names_the_wait_for_the_missing_part() -> None:
+    """An empty bucket names the time for the missing part of a token only (plus a few ulps)."""
+    bucket = TokenBucket(2.0, 1.0, 100.0)
+    assert bucket.take(100.0) == 0.0
+    wait = bucket.take(100.25)  # half a token is back: a quarter second to go
+    assert wait == pytest.approx(0.25, abs=1e-12) and wait > 0.25
+
+
+def test_rate_limiter_forgets_a_bucket_the_moment_it_is_full_again() -> None:
+    """A bucket refilled exactly to its burst (rate x elapsed, rate above 1) is forgotten when the
+    limiter clears out, and one still short of it is kept."""
+    clock = Clock()
+    limiter = RateLimiter(4.0, 1, clock=clock)
+    assert limiter.allow("full", "room")
+    clock.now += 0.125
+    assert limiter.allow("half", "room")
+    clock.now += 0.125  # "full" has refilled exactly: 0.25 s x 4 = 1 token; "half" has 0.5
+    for i in range(10_000):
+        limiter.allow(f"user{i}", "room")
+    assert ("full", "room") not in limiter._buckets
+    assert ("half", "room") in limiter._buckets
+
+
+def test_id_key_parts_are_at_most_20_digits_even_with_leading_zeros() -> None:
+    """Each part of an id is at most 20 ASCII digits, leading zeros counted: a longer part is
+    refused even when its value would fit in 64 bits."""
+    assert id_key("0" * 19 + "1") == (1, 0) and id_key("1-" + "0" * 19 + "1") == (1, 1)
+    assert id_key("0" * 20 + "1") is None
+    assert id_key("1-" + "0" * 20 + "1") is None

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import string
+import time
 from typing import Any
 
 import pytest
@@ -348,3 +351,72 @@ def test_ended_from_json_raises_only_value_or_type_error(text: str | bytes) -> N
         return
     assert all(type(v) is int for v in (*ended.sessions.values(), *ended.users.values()))
     assert Ended.from_json(ended.to_json()) == ended
+
+
+def test_tokens_keep_their_format_across_releases() -> None:
+    """A Signer made now reads and makes exactly the tokens of HMAC-SHA256 under the salt
+    ``revchat.<purpose>``, so cookies issued by an earlier release stay valid."""
+    signer = Signer(KEY, "session")  # made here, not at import, so what it is made of is under test
+    assert signer.dumps({"a": "b"}, now=NOW) == signed({"a": "b", "t": NOW})
+    assert signer.loads(signed({"a": "é", "t": NOW}), 60, now=NOW) == {"a": "é", "t": NOW}
+
+
+def test_a_token_for_one_purpose_is_refused_for_another() -> None:
+    """Tokens signed with the same key for another purpose (an OAuth state) never pass as a session."""
+    token = Signer(KEY, "oauth").dumps({"u": "x"}, now=NOW)
+    assert Signer(KEY, "session").loads(token, 60, now=NOW) is None
+    assert Signer(KEY, "oauth").loads(token, 60, now=NOW) == {"u": "x", "t": NOW}
+
+
+def test_tokens_up_to_max_token_are_read() -> None:
+    """A valid token of exactly MAX_TOKEN characters is read; one character longer is refused unread."""
+    signer = Signer(KEY, "session")
+    chars = random.Random(0)
+    pad = "".join(chars.choice(string.ascii_letters + string.digits) for _ in range(9000))  # no repeats
+    lengths = {len(token): token for token in (signer.dumps({"p": pad[:n], "q": "q" * extra}, now=NOW)
+                                               for n in range(MAX_TOKEN - 200, MAX_TOKEN + 200)
+                                               for extra in range(3))}
+    assert signer.loads(lengths[MAX_TOKEN], 60, now=NOW) is not None
+    assert signer.loads(lengths[MAX_TOKEN + 1], 60, now=NOW) is None
+
+
+@pytest.mark.parametrize("body", [[1, 2], "text", 5, None])
+def test_a_signed_value_that_is_not_an_object_reads_as_none(body: Any) -> None:
+    """A validly signed JSON value that is not an object (a list, text, number, null) is None."""
+    assert SIGNER.loads(_FORGER.dumps(body), SESSION_MAX_AGE, now=NOW) is None
+
+
+def test_the_book_snapshot_holds_sessions_and_users() -> None:
+    """snapshot() gives back both the signed-out sessions and the users' cut-offs, and len counts both."""
+    book = SessionBook()
+    ended = Ended(sessions={"s1": NOW + 10, "s2": NOW + 20}, users={"guest:abc": NOW - 5})
+    book.apply(ended, now=NOW)
+    assert book.snapshot() == ended
+    assert len(book) == 3
+
+
+def test_expired_entries_are_swept_at_most_once_an_hour() -> None:
+    """Adding to the book does not sweep it each time: an entry that expired is kept (harmless:
+    its cookie has expired too) until the first apply an hour after the last sweep."""
+    book = SessionBook()
+    book.apply(Ended(sessions={"s1": NOW + 1}), now=NOW)
+    book.apply(Ended(sessions={"s2": NOW + SESSION_MAX_AGE * 1000}), now=NOW + 2)
+    assert len(book) == 2
+    book.apply(Ended(), now=NOW + SessionBook.PRUNE_EVERY - 1)
+    assert len(book) == 2
+    book.apply(Ended(), now=NOW + SessionBook.PRUNE_EVERY)
+    assert book.snapshot() == Ended(sessions={"s2": NOW + SESSION_MAX_AGE * 1000})
+
+
+def test_a_users_cut_off_is_swept_once_their_last_session_expired() -> None:
+    """A sweep just after the user's sessions could last no longer forgets their cut-off."""
+    book = SessionBook()
+    book.apply(Ended(users={"guest:abc": NOW}), now=NOW)
+    book.apply(Ended(), now=NOW + SESSION_MAX_AGE * 1000 + 1)
+    assert len(book) == 0
+
+
+def test_now_ms_is_unix_milliseconds() -> None:
+    """now_ms is the wall clock in Unix milliseconds, the unit of every issue time and cut-off."""
+    before = int(time.time() * 1000)
+    assert before - 1 <= now_ms() <= int(time.time() * 1000) + 1
