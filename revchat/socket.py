@@ -14,6 +14,7 @@ import logging
 import secrets
 import struct
 import time
+from typing import Any
 
 from sanic import Blueprint, Request
 from sanic.exceptions import Forbidden, RequestCancelled, RequestTimeout, ServiceUnavailable
@@ -136,6 +137,16 @@ class Pinger:
         return pong
 
 
+def body_pending(http: Any) -> bool:
+    """True while Sanic's ``Http`` has a request body still to read.
+
+    ``request_body`` exists only from the connection's first request on; Sanic calls
+    ``check_timeouts`` before that too, and swallows an AttributeError there by never checking
+    the connection's timeouts again (a slowloris client sent its first bytes early).
+    """
+    return bool(getattr(http, "request_body", None))
+
+
 class Protocol(WebSocketProtocol):
     """Sanic's WebSocket protocol, with two limits Sanic's own lacks.
 
@@ -154,7 +165,7 @@ class Protocol(WebSocketProtocol):
     def data_received(self, data: bytes) -> None:
         if self.websocket is None:
             http = getattr(self, "_http", None)
-            if http is None or (http.stage is Stage.IDLE and not http.request_body):
+            if http is None or (http.stage is Stage.IDLE and not body_pending(http)):
                 self._began = time.monotonic()  # the first bytes of a request (Sanic's clock)
         super().data_received(data)  # type: ignore[no-untyped-call]
 
@@ -164,7 +175,7 @@ class Protocol(WebSocketProtocol):
         if http is not None and began is not None and self.websocket is None:
             if http.stage is Stage.REQUEST:
                 self._time = min(self._time, began)  # time the headers from their first byte
-            elif http.request_body and time.monotonic() - began > self.request_timeout:
+            elif body_pending(http) and time.monotonic() - began > self.request_timeout:
                 # The body comes in the handler's stage (and, after an answer, is read to its
                 # end while idle), where Sanic's timer restarts on every byte too: the whole
                 # request has the deadline of its headers.

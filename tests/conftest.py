@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import sanic.config
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
@@ -22,6 +23,10 @@ hypothesis_settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 hypothesis_settings.load_profile("revchat")
+
+# Each Sanic app puts a "once" filter for Sanic's deprecations ahead of pytest's "error", so a
+# deprecated use would only be printed: keep pytest's filters (pyproject.toml) in charge.
+sanic.config.filterwarnings = lambda *args, **kwargs: None  # type: ignore[assignment]
 
 
 @pytest.fixture

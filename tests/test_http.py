@@ -174,7 +174,7 @@ def test_room_page_needs_a_session(app: Sanic) -> None:
     _, response = app.test_client.get("/rooms/Dev_Team-2", headers=session(cookie))
     assert response.status == 200
     assert 'data-room="dev_team-2"' in response.text
-    assert '<script src="/static/room.js"' in response.text
+    assert '<script type="module" src="/static/js/room.js"' in response.text
     assert "<script>" not in response.text
 
 
@@ -230,7 +230,7 @@ def test_healthz_and_metrics(app: Sanic) -> None:
 
 def test_static_files_are_served(app: Sanic) -> None:
     """The page's script and style come from revchat itself."""
-    for path in ("/static/room.js", "/static/style.css"):
+    for path in ("/static/js/room.js", "/static/js/codes.js", "/static/style.css"):
         _, response = app.test_client.get(path)
         assert response.status == 200 and len(response.body) > 100
 
@@ -240,7 +240,7 @@ def test_pages_load_nothing_from_another_origin(app: Sanic) -> None:
     framework from a CDN, no external font): every src/href is revchat's own /static/."""
     cookie = sign_in(app)
     bodies = [app.test_client.get(path, headers=session(cookie))[1].text
-              for path in ("/", "/rooms/lobby", "/static/room.js", "/static/style.css")]
+              for path in ("/", "/rooms/lobby", "/static/js/room.js", "/static/style.css")]
     page_links = re.findall(r'(?:src|href)="([^"]*)"', bodies[0] + bodies[1])
     assert page_links and all(link.startswith(("/static/", "/rooms", "/", "#")) and
                               not link.startswith("//") for link in page_links), page_links
