@@ -288,8 +288,8 @@ def guest_cookie(port: int, name: str = "sender") -> str:
 
 MINT = """
 import json, sys
-from revchat.events import User
-from revchat import sessions
+from revchat.core.events import User
+from revchat.core import sessions
 prefix, count, secret = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 signer = sessions.Signer(secret, "session")
 users = [User(f"guest:{prefix}{i}", f"{prefix}{i}") for i in range(count)]

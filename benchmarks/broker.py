@@ -22,12 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import benchlib as b
 
-from revchat.broker import Broker, MemoryBroker
-from revchat.engine import Engine, Limits
-from revchat.events import User
-from revchat.history import MemoryHistory
-from revchat.redis_broker import RedisBroker
+from revchat.backends.memory import MemoryBroker, MemoryHistory
+from revchat.backends.redis_broker import RedisBroker
+from revchat.core.broker import Broker
+from revchat.core.engine import Engine, Limits
+from revchat.core.events import User
 from tests.support.redis_server import redis_server
+from tests.support.sink import line_frame
 
 
 class Sink:
@@ -82,7 +83,7 @@ def quantile(values: list[float], q: float) -> float:
 async def measure(broker: Broker, rate: int, seconds: float, publishers: int,
                   burst: int) -> dict[str, Any]:
     await broker.open()
-    engine = Engine(broker, Limits(rate=0, write_delay=0.0, archive_size=0))
+    engine = Engine(broker, Limits(rate=0, write_delay=0.0, archive_size=0), frame=line_frame)
     sink = Sink()
     speaker = await engine.subscribe("bench", User("guest:a", "A"), NullSink())
     await engine.subscribe("bench", User("guest:b", "B"), sink)

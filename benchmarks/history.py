@@ -22,10 +22,10 @@ from typing import Any
 
 import benchlib as b
 
-from revchat.broker import MemoryBroker
-from revchat.events import Draft, Event, User
-from revchat.history import History, MemoryHistory
-from revchat.sqlite import SQLiteHistory
+from revchat.backends.memory import MemoryBroker, MemoryHistory
+from revchat.backends.sqlite import SQLiteHistory
+from revchat.core.events import Draft, Event, User
+from revchat.core.history import History
 
 
 class Counter:

@@ -22,7 +22,7 @@ from typing import Any
 import benchlib as b
 
 sys.path.insert(0, str(b.ROOT))
-from revchat.server import LISTEN_BACKLOG
+from revchat.web.server import LISTEN_BACKLOG
 
 COLUMNS = [
     ("server", "server", ""), ("clients", "clients", ""), ("rooms", "rooms", ""),

@@ -1,3 +1,3 @@
-from revchat.cli import main
+from revchat.cli.main import main
 
 main()

@@ -11,7 +11,7 @@ import sanic.config
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from revchat.config import Settings
+from revchat.settings.config import Settings
 from tests.support.live import Live, live_server, make_settings
 
 # No deadline: a shared 2-core machine stalls at times, and speed is measured in benchmarks/.

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from revchat.events import Draft, User
+from revchat.core.events import Draft, User
 from tests.support.browser import (
     DESKTOP,
     DOCS,

@@ -18,11 +18,11 @@ import websockets
 from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed
 
-from revchat import codes
-from revchat.config import load
-from revchat.events import Draft, ErrorCode, User
-from revchat.sessions import SESSION_COOKIE
-from revchat.sqlite import SQLiteHistory
+from revchat.backends.sqlite import SQLiteHistory
+from revchat.core import codes
+from revchat.core.events import Draft, ErrorCode, User
+from revchat.core.sessions import SESSION_COOKIE
+from revchat.settings.config import load
 from tests.support.fake_facebook import fake_facebook
 from tests.support.live import Live, frame, frame_of, live_server, make_settings, say
 from tests.support.redis_server import RedisServer, redis_server

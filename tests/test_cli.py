@@ -1,4 +1,4 @@
-"""The command line (SPEC §2): through Typer's runner, and as the installed console script."""
+"""The command line (the README): through Typer's runner, and as the installed console script."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from typer.testing import CliRunner
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from revchat import __version__
-from revchat.cli import cli
-from revchat.config import OPTIONS, Settings, load
-from revchat.startup import ensure_secret_key
+from revchat.cli.main import cli
+from revchat.settings.config import Settings, load
+from revchat.settings.options import OPTIONS
+from revchat.settings.startup import ensure_secret_key
 from tests.support.live import connect, frame, frame_of, say, sign_in
 from tests.support.ports import free_port, free_socket
 from tests.support.process import SCRIPT, serve

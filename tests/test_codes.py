@@ -1,4 +1,4 @@
-"""Close and error codes are defined once (revchat/codes.py): the page's codes.js is generated
+"""Close and error codes are defined once (revchat/core/codes.py): the page's codes.js is generated
 from them and docs/protocol.md lists each one."""
 
 from __future__ import annotations
@@ -6,18 +6,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from revchat import codes
+from revchat.core import codes
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE_CODES = ROOT / "revchat" / "static" / "js" / "codes.js"
+PAGE_CODES = ROOT / "revchat" / "web" / "static" / "js" / "codes.js"
 PROTOCOL = ROOT / "docs" / "protocol.md"
 
 
 def test_the_pages_codes_are_the_servers() -> None:
     """static/js/codes.js is exactly what codes.javascript() generates."""
     assert PAGE_CODES.read_text() == codes.javascript(), (
-        "regenerate: python -c 'from revchat.codes import javascript; "
-        "open(\"revchat/static/js/codes.js\", \"w\").write(javascript())'")
+        "regenerate: python -c 'from revchat.core.codes import javascript; "
+        "open(\"revchat/web/static/js/codes.js\", \"w\").write(javascript())'")
 
 
 def test_each_close_code_has_one_meaning() -> None:

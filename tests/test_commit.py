@@ -1,4 +1,4 @@
-"""The broker's group commit (revchat/commit.py) driven with a store the test controls: batches in
+"""The broker's group commit (revchat/core/commit.py) driven with a store the test controls: batches in
 submission order, outages, a draft the store refuses, and what stopping does to what is queued."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from itertools import count
 
 import pytest
 
-from revchat.commit import GroupCommit, Unstorable, storable_draft
-from revchat.errors import BrokerUnavailable
-from revchat.events import Draft, Event, User
-from revchat.faults import Faults
-from revchat.history import HistoryUnavailable
+from revchat.core.commit import GroupCommit, Unstorable, storable_draft
+from revchat.core.errors import BrokerUnavailable
+from revchat.core.events import Draft, Event, User
+from revchat.core.faults import Faults
+from revchat.core.history import HistoryUnavailable
 
 ANN = User("guest:ann", "Ann")
 

@@ -1,4 +1,4 @@
-"""Durable history (SPEC §3-5) with a real server process: restarts by SIGTERM and SIGKILL,
+"""Durable history (docs/protocol.md-5) with a real server process: restarts by SIGTERM and SIGKILL,
 resume across a restart, concurrent rooms, and `revchat history export|purge`."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 from websockets.exceptions import ConnectionClosed
 
-from revchat.cli import cli
-from revchat.events import Draft, User
-from revchat.sqlite import SQLiteHistory
+from revchat.backends.sqlite import SQLiteHistory
+from revchat.cli.main import cli
+from revchat.core.events import Draft, User
 from tests.support.live import connect, frame, frame_of, live_server, make_settings, say, sign_in
 from tests.support.ports import free_port
 from tests.support.process import Served, serve

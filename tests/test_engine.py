@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 
-from revchat.broker import MemoryBroker
-from revchat.codes import SIGNED_OUT, SLOW_CONSUMER
-from revchat.engine import Closing, Engine, Limits, RateLimited
-from revchat.events import User
-from revchat.history import MemoryHistory
-from tests.support.sink import Sink
+from revchat.backends.memory import MemoryBroker, MemoryHistory
+from revchat.core.codes import SIGNED_OUT, SLOW_CONSUMER
+from revchat.core.engine import Closing, Engine, Limits, RateLimited
+from revchat.core.events import User
+from tests.support.sink import Sink, line_frame
 
 ANN = User("guest:ann", "Ann")
 BOB = User("guest:bob", "Bob")
@@ -24,7 +23,7 @@ BOB = User("guest:bob", "Bob")
 async def engine() -> AsyncIterator[Engine]:
     broker = MemoryBroker(MemoryHistory())
     await broker.open()
-    yield Engine(broker, Limits(write_delay=0.001, rate=0, queue_size=1000))
+    yield Engine(broker, Limits(write_delay=0.001, rate=0, queue_size=1000), frame=line_frame)
     await broker.close()
 
 
@@ -113,7 +112,7 @@ async def test_rate_limit(tmp_path: Any) -> None:
     """After the burst, say raises RateLimited and nothing is published."""
     broker = MemoryBroker(MemoryHistory())
     await broker.open()
-    engine = Engine(broker, Limits(rate=1.0, burst=3))
+    engine = Engine(broker, Limits(rate=1.0, burst=3), frame=line_frame)
     sub = await engine.subscribe("lobby", ANN, Sink())
     for _ in range(3):
         await engine.say(sub, "ok")
@@ -208,7 +207,7 @@ async def test_forget_user_anonymises_store_and_open_rooms(engine: Engine) -> No
 
 def test_malformed_ids_have_no_key() -> None:
     """Ids that are not one or two ASCII numbers are malformed (never a crash)."""
-    from revchat.events import id_key
+    from revchat.core.events import id_key
 
     assert id_key("42") == (42, 0) and id_key("1764489600123-7") == (1764489600123, 7)
     for bad in ("", "-", "1-2-3", "x", "²", "1e5", " 1", "9" * 21):
@@ -228,7 +227,7 @@ class Clock:
 async def open_engine(history: MemoryHistory | None = None, **limits: Any) -> Engine:
     broker = MemoryBroker(history or MemoryHistory())
     await broker.open()
-    return Engine(broker, Limits(**{"write_delay": 0.0, "rate": 0, **limits}))
+    return Engine(broker, Limits(**{"write_delay": 0.0, "rate": 0, **limits}), frame=line_frame)
 
 
 async def test_room_rate_is_per_user_and_room() -> None:
@@ -311,7 +310,7 @@ async def test_cancel_twice_counts_once(engine: Engine) -> None:
 async def test_ending_a_session_closes_only_its_sockets() -> None:
     """end_sessions closes every socket of that session as signed out after the frames
     pending for it, and stops writing to it; other sessions and guests without one stay."""
-    from revchat.sessions import Ended, new_session
+    from revchat.core.sessions import Ended, new_session
 
     engine = await open_engine(write_delay=60.0)
     ended, kept = new_session(ANN), new_session(BOB)
@@ -340,7 +339,7 @@ async def test_timestamps_are_the_clock_in_milliseconds() -> None:
     """Events carry the engine clock's time in whole Unix milliseconds."""
     broker = MemoryBroker(MemoryHistory())
     await broker.open()
-    engine = Engine(broker, Limits(rate=0), clock=lambda: 1764489600.1234)
+    engine = Engine(broker, Limits(rate=0), clock=lambda: 1764489600.1234, frame=line_frame)
     sub = await engine.subscribe("lobby", ANN, Sink())
     assert (await engine.say(sub, "hi")).timestamp == 1764489600123
     await broker.close()
@@ -400,7 +399,7 @@ async def test_the_broker_is_asked_for_events_after_the_last_one_loaded() -> Non
     for an empty room), and the last subscriber leaving stops that."""
     broker = Recording()
     await broker.open()
-    engine = Engine(broker, Limits(rate=0, write_delay=0))
+    engine = Engine(broker, Limits(rate=0, write_delay=0), frame=line_frame)
     sub = await engine.subscribe("lobby", ANN, Sink())
     await engine.say(sub, "hi")
     await engine.cancel(sub)

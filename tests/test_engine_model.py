@@ -13,12 +13,11 @@ from hypothesis import Phase, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from revchat.broker import MemoryBroker
-from revchat.engine import Engine, Limits
-from revchat.events import Event, User, id_key
-from revchat.history import MemoryHistory
-from revchat.room import Subscription
-from tests.support.sink import Sink
+from revchat.backends.memory import MemoryBroker, MemoryHistory
+from revchat.core.engine import Engine, Limits
+from revchat.core.events import Event, User, id_key
+from revchat.core.room import Subscription
+from tests.support.sink import Sink, line_frame
 
 T = TypeVar("T")
 
@@ -132,7 +131,7 @@ class EngineModel(RuleBasedStateMachine):
         self.loop = VirtualClockLoop()
         self.history = MemoryHistory()
         self.broker = MemoryBroker(self.history)
-        self.engine = Engine(self.broker, LIMITS)
+        self.engine = Engine(self.broker, LIMITS, frame=line_frame)
         self.engine._cache = CACHE
         self.clients: list[Client] = []
         self.hang_ups: list[asyncio.Task[None]] = []

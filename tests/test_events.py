@@ -1,4 +1,4 @@
-"""Events and frames as the wire carries them (revchat/events.py): what each frame's JSON holds,
+"""Events and frames as the wire carries them (revchat/core/events.py): what each frame's JSON holds,
 events read back from their stored form, and room names."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from revchat.events import Event, User, error_frame, stored_room_name, typing_frame, welcome_frame
+from revchat.core.events import Event, User, error_frame, stored_room_name, typing_frame, welcome_frame
 
 ANN = User("guest:ann", "Ann", "https://example.com/ann.png")
 

@@ -1,4 +1,4 @@
-"""Sign in with Facebook and the data deletion callback (SPEC §3), clicked through like a browser
+"""Sign in with Facebook and the data deletion callback (docs/protocol.md), clicked through like a browser
 against a real revchat server and a fake Facebook, each on a loopback port."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from revchat import config, facebook
-from revchat.facebook import OAUTH_COOKIE, OAUTH_MAX_AGE
-from revchat.history import FORGOTTEN_NAME
-from revchat.sessions import SESSION_COOKIE, Signer
+from revchat.core.history import FORGOTTEN_NAME
+from revchat.core.sessions import SESSION_COOKIE, Signer
+from revchat.settings import config
+from revchat.web import facebook
+from revchat.web.facebook import OAUTH_COOKIE, OAUTH_MAX_AGE
 from tests.support.browser import DESKTOP, Watch, chromium, require_chromium
 from tests.support.fake_facebook import (
     SLOW,

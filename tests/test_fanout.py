@@ -1,4 +1,4 @@
-"""Fan-out (revchat/fanout.py) through the engine and on its own: counters for /metrics, events
+"""Fan-out (revchat/core/fanout.py) through the engine and on its own: counters for /metrics, events
 a broker hands over twice, the room's cache, slow and vanished sockets, and frames of one's own."""
 
 from __future__ import annotations
@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from revchat.broker import MemoryBroker
-from revchat.codes import SLOW_CONSUMER
-from revchat.engine import Engine, Limits
-from revchat.events import Event, User, typing_frame
-from revchat.fanout import Fanout
-from revchat.history import MemoryHistory
-from revchat.room import Room, Subscription
-from tests.support.sink import Sink
+from revchat.backends.memory import MemoryBroker, MemoryHistory
+from revchat.core.codes import SLOW_CONSUMER
+from revchat.core.engine import Engine, Limits
+from revchat.core.events import Event, User, typing_frame
+from revchat.core.fanout import Fanout
+from revchat.core.room import Room, Subscription
+from tests.support.sink import Sink, line_frame
 
 ANN = User("guest:ann", "Ann")
 BOB = User("guest:bob", "Bob")
@@ -38,7 +37,7 @@ class Broken(Sink):
 async def open_engine(**limits: float) -> Engine:
     broker = MemoryBroker(MemoryHistory())
     await broker.open()
-    return Engine(broker, Limits(**{"write_delay": 0.0, "rate": 0, **limits}))  # type: ignore[arg-type]
+    return Engine(broker, Limits(**{"write_delay": 0.0, "rate": 0, **limits}), frame=line_frame)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Fuzzing every client input path against a real `revchat serve` (the console script, so its
 log can be read for tracebacks): socket frames, cookies, query strings, forms, room names and
-slow connections. Whatever one client sends, it is answered as SPEC says, and the server stays
+slow connections. Whatever one client sends, it is answered as docs/protocol.md says, and the server stays
 up, quick and uncorrupted for everyone else.
 
 The socket corpus comes from a seeded generator, so every run sends the same frames; the HTTP
@@ -32,7 +32,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from revchat.sessions import Signer, read_session
+from revchat.core.sessions import Signer, read_session
 from tests.support.live import connect, frame, frame_of, say, sign_in
 from tests.support.process import Served, serve
 
@@ -905,7 +905,7 @@ def test_socket_since_junk_gives_a_plain_welcome(server: Served, budget: Budget,
 
 
 def name_problem(name: str) -> bool:
-    """SPEC's nickname rule: 1-32 characters, none of them control, format, surrogate, private
+    """The nickname rule (docs/protocol.md): 1-32 characters, none of them control, format, surrogate, private
     or unassigned, nor a line or paragraph separator."""
     bad = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
     return not 1 <= len(name) <= 32 or any(unicodedata.category(c) in bad for c in name)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from revchat.events import MAX_ID_PART
+from revchat.core.events import MAX_ID_PART
 from tests.support.live import Live, frame, frame_of, live_server, make_settings, say
 from tests.support.redis_server import RedisServer, redis_server
 from tests.support.waiting import eventually

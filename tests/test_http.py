@@ -1,4 +1,4 @@
-"""SPEC §3 over HTTP, with sanic-testing's client as Sanic users test their apps."""
+"""docs/protocol.md over HTTP, with sanic-testing's client as Sanic users test their apps."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sanic import Sanic
 
-from revchat.app import CSP, create_app
-from revchat.config import Settings
-from revchat.sessions import SESSION_COOKIE
+from revchat.core.sessions import SESSION_COOKIE
+from revchat.settings.config import Settings
+from revchat.web.app import CSP, create_app
 from tests.support.live import make_settings
 
 ORIGIN = "http://127.0.0.1:9000"

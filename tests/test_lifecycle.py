@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from revchat.broker import MemoryBroker
-from revchat.engine import Engine, Limits, SessionEnded
-from revchat.events import Draft, Event, User
-from revchat.history import HistoryUnavailable, MemoryHistory
-from revchat.quota import SocketQuota, TooManySockets
-from revchat.room import Subscription
-from revchat.sessions import Ended, new_session
-from tests.support.sink import Sink
+from revchat.backends.memory import MemoryBroker, MemoryHistory
+from revchat.core.engine import Engine, Limits, SessionEnded
+from revchat.core.events import Draft, Event, User
+from revchat.core.history import HistoryUnavailable
+from revchat.core.quota import SocketQuota, TooManySockets
+from revchat.core.room import Subscription
+from revchat.core.sessions import Ended, new_session
+from tests.support.sink import Sink, line_frame
 
 ANN = User("guest:ann", "Ann")
 BOB = User("guest:bob", "Bob")
@@ -83,7 +83,7 @@ async def setup() -> AsyncIterator[tuple[Engine, GatedBroker, Gate]]:
     gate = Gate()
     broker = GatedBroker(gate)
     await broker.open()
-    engine = Engine(broker, Limits(write_delay=0, rate=0, archive_size=5, user_sockets=5))
+    engine = Engine(broker, Limits(write_delay=0, rate=0, archive_size=5, user_sockets=5), frame=line_frame)
     await engine.open()
     yield engine, broker, gate
     await broker.close()
@@ -426,7 +426,8 @@ async def test_two_resumes_in_flight_each_meet_the_cache() -> None:
     history = SnapshotHistory()
     broker = MemoryBroker(history)
     await broker.open()
-    engine = Engine(broker, Limits(write_delay=0, rate=0, archive_size=5, resume_limit=10_000))
+    engine = Engine(broker, Limits(write_delay=0, rate=0, archive_size=5, resume_limit=10_000),
+                    frame=line_frame)
     first = await engine.subscribe("lobby", BOB, Sink())
     since = (await engine.say(first, "old")).id
     await engine.cancel(first)

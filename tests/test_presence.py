@@ -1,4 +1,4 @@
-"""Presence in Redis (revchat/redis_presence.py) driven directly against a real redis-server:
+"""Presence in Redis (revchat/backends/redis_presence.py) driven directly against a real redis-server:
 what a worker's own count of its sockets puts back on a resync, and what leaving takes away."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from revchat.events import User
-from revchat.redis_presence import Change, Presence, _changes
+from revchat.backends.redis_presence import Change, RedisPresence, _changes
+from revchat.core.events import User
 from tests.support.redis_server import RedisServer, require_redis_server
 
 # A presence change left waiting is a failure here, not a hang (mutation runs count on it).
@@ -39,11 +39,11 @@ def prefix() -> str:
     return f"p{secrets.token_hex(4)}"
 
 
-def worker(client: aioredis.Redis, prefix: str, name: str = "w1") -> Presence:
-    return Presence(client, prefix=prefix, worker=name, heartbeat=30.0)
+def worker(client: aioredis.Redis, prefix: str, name: str = "w1") -> RedisPresence:
+    return RedisPresence(client, prefix=prefix, worker=name, heartbeat=30.0)
 
 
-async def resync(presence: Presence) -> list[Change]:
+async def resync(presence: RedisPresence) -> list[Change]:
     changes: list[Change] = []
     await presence.beat(changes, force=True)
     return changes
@@ -114,7 +114,7 @@ def test_changes_of_a_reply_keep_each_user_or_at_least_its_id() -> None:
 async def test_the_heartbeat_lasts_the_heartbeat_interval(client: aioredis.Redis, prefix: str) -> None:
     """Each beat sets this worker's heartbeat to expire after ``heartbeat`` seconds, no later, so
     a worker that dies is swept that long after its last beat."""
-    w = Presence(client, prefix=prefix, worker="w1", heartbeat=30.0)
+    w = RedisPresence(client, prefix=prefix, worker="w1", heartbeat=30.0)
     await w.beat([])
     first = await client.pttl(f"{prefix}:worker:w1")
     assert 29_000 < first <= 30_000

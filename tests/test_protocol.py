@@ -1,5 +1,5 @@
 """What a client may send, checked without I/O: any frame or query number gives a value or the
-module's own error (revchat/protocol.py and the id and text checks of revchat/events.py)."""
+module's own error (revchat/core/protocol.py and the id and text checks of revchat/core/events.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,17 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from revchat.events import MAX_ID_PART, error_frame, id_key, storable
-from revchat.protocol import BadFrame, Command, RateLimiter, Say, TokenBucket, Typing, parse, whole_number
+from revchat.core.events import MAX_ID_PART, error_frame, id_key, storable
+from revchat.core.protocol import (
+    BadFrame,
+    Command,
+    RateLimiter,
+    Say,
+    TokenBucket,
+    Typing,
+    parse,
+    whole_number,
+)
 
 # Lone surrogates are rare among all code points, so they are drawn on purpose as well.
 SURROGATES = st.characters(categories=["Cs"])

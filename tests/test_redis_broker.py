@@ -16,17 +16,17 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from revchat.broker import open_broker
-from revchat.config import Settings
-from revchat.engine import Engine, Limits
-from revchat.errors import BrokerUnavailable
-from revchat.events import Draft, Event, User, id_key
-from revchat.history import FORGOTTEN_NAME
-from revchat.redis_broker import RedisBroker
-from revchat.sessions import Ended
+from revchat.backends.factory import open_broker
+from revchat.backends.redis_broker import RedisBroker
+from revchat.core.engine import Engine, Limits
+from revchat.core.errors import BrokerUnavailable
+from revchat.core.events import Draft, Event, User, id_key
+from revchat.core.history import FORGOTTEN_NAME
+from revchat.core.sessions import Ended
+from revchat.settings.config import Settings
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer, require_redis_server
-from tests.support.sink import Sink
+from tests.support.sink import Sink, line_frame
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.redis
@@ -364,7 +364,7 @@ async def test_open_fails_when_redis_is_unreachable() -> None:
 async def test_open_broker_builds_a_redis_broker() -> None:
     """open_broker picks RedisBroker for redis:// URLs and keeps the prefix."""
     settings = Settings(broker="redis://127.0.0.1:1/0", redis_prefix="custom", retention_count=9)
-    broker = open_broker(settings)
+    broker = open_broker(settings.broker, **settings.store_options())
     assert isinstance(broker, RedisBroker)
     assert broker.prefix == "custom" and broker.history.prefix == "custom"
     assert broker.history.maxlen == 9
@@ -474,7 +474,7 @@ async def test_two_engines_on_two_brokers_agree(server: RedisServer, make: Make)
     a = await make(server.url, listen=False)
     b = await make(server.url, listen=False)
     limits = Limits(rate=0, write_delay=0)
-    one, two = Engine(a, limits), Engine(b, limits)
+    one, two = Engine(a, limits, frame=line_frame), Engine(b, limits, frame=line_frame)
     ann_1, bob_2, ann_2 = Sink(), Sink(), Sink()
     sub_ann = await one.subscribe("lobby", ANN, ann_1)
     await ann_1.until(lambda: len(ann_1.events("join")) == 1)

@@ -1,12 +1,12 @@
-"""A room as a worker holds it (revchat/room.py): the welcome's archive on a fresh subscribe and on
+"""A room as a worker holds it (revchat/core/room.py): the welcome's archive on a fresh subscribe and on
 a resume, the member list kept by join and leave events, and data deletion."""
 
 from __future__ import annotations
 
 import json
 
-from revchat.events import Event, User
-from revchat.room import Room
+from revchat.core.events import Event, User
+from revchat.core.room import Room
 
 ANN = User("guest:ann", "Ann", "https://example.com/ann.png")
 BOB = User("guest:bob", "Bob")

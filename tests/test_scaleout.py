@@ -1,4 +1,4 @@
-"""Scale-out through Redis (SPEC §5) with real processes: two servers sharing rooms, several
+"""Scale-out through Redis (the README) with real processes: two servers sharing rooms, several
 workers, Redis lost and back, and the one-line failures at start."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from revchat.events import id_key
+from revchat.core.events import id_key
 from tests.support.live import connect, frame, frame_of, say, sign_in
 from tests.support.ports import free_port
 from tests.support.process import SCRIPT, Served, children, open_on_both_workers, serve
@@ -160,7 +160,7 @@ def test_redis_unreachable_at_start_is_one_line(tmp_path: Path) -> None:
 def test_missing_redis_extra_is_one_line(tmp_path: Path) -> None:
     """Without the redis package, asking for redis:// names the extra to install."""
     code = ("import sys; sys.modules['redis'] = None; sys.argv = ['revchat', 'serve', "
-            "'--broker', 'redis://127.0.0.1:1/0']; from revchat.cli import main; main()")
+            "'--broker', 'redis://127.0.0.1:1/0']; from revchat.cli.main import main; main()")
     env: dict[str, Any] = dict(os.environ, REVCHAT_DATA_DIR=str(tmp_path))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, env=env)

@@ -1,4 +1,4 @@
-"""Signed values and sessions (revchat/sessions.py): any token reads as a value or None, never an
+"""Signed values and sessions (revchat/core/sessions.py): any token reads as a value or None, never an
 exception; what has been ended stays ended until it would have expired anyway."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from itsdangerous import URLSafeSerializer
 
-from revchat.events import User, storable
-from revchat.sessions import (
+from revchat.core.events import User, storable
+from revchat.core.sessions import (
     CLOCK_SKEW,
     MAX_TOKEN,
     SESSION_MAX_AGE,

@@ -1,4 +1,4 @@
-"""Settings from flags and the environment (revchat/config.py and the CLI): any value gives
+"""Settings from flags and the environment (revchat/settings/config.py and the CLI): any value gives
 settings or a SettingError of one line per bad value naming the flag or variable, never a traceback."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from revchat.cli import cli
-from revchat.config import OPTIONS, OPTIONS_BY_NAME, Loaded, Option, SettingError, Settings, load
+from revchat.cli.main import cli
+from revchat.settings.config import Loaded, Settings, load
+from revchat.settings.options import OPTIONS, OPTIONS_BY_NAME, Option, SettingError
 
 runner = CliRunner()
 
@@ -237,3 +238,26 @@ def test_short_secret_key_variable_exits_2_without_the_key(monkeypatch: pytest.M
     lines = output_lines(result)
     assert len(lines) == 1 and lines[0].startswith("revchat: REVCHAT_SECRET_KEY: ")
     assert key not in result.output
+
+
+def test_settings_defaults_are_the_options_defaults() -> None:
+    """A bare Settings() holds what load() gives with no flag and no variable, every derived
+    value included, apart from the two that depend on the machine (data dir, secret key) and
+    the history URL that names the data dir."""
+    loaded = load({}, {}).settings
+    machine = {"data_dir", "history", "secret_key"}
+    bare = Settings()
+    different = {f.name: (getattr(bare, f.name), getattr(loaded, f.name)) for f in fields(Settings)
+                 if f.name not in machine and getattr(bare, f.name) != getattr(loaded, f.name)}
+    assert different == {}
+    assert {f.name for f in fields(Settings)} == {o.name for o in OPTIONS}
+
+
+def test_limits_carry_the_settings() -> None:
+    """The engine's limits come from the settings, --write-delay turned into seconds."""
+    settings = Settings(archive_size=7, resume_limit=8, queue_size=9000, write_delay=4.0, rate=3.0,
+                        burst=5, user_rate=6.0, user_sockets=2)
+    limits = settings.limits()
+    assert (limits.archive_size, limits.resume_limit, limits.queue_size, limits.write_delay,
+            limits.rate, limits.burst, limits.user_rate, limits.user_sockets) == \
+        (7, 8, 9000, 0.004, 3.0, 5, 6.0, 2)

@@ -1,4 +1,4 @@
-"""SPEC §4, rule by rule, against a real server on a loopback port with concurrent clients."""
+"""docs/protocol.md, rule by rule, against a real server on a loopback port with concurrent clients."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
 
-from revchat.events import User
-from revchat.sessions import Signer, new_session, session_token
+from revchat.core.events import User
+from revchat.core.sessions import Signer, new_session, session_token
 from tests.support.live import Live, frame, frame_of, live_server, make_settings, say
 from tests.support.waiting import eventually
 

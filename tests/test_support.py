@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sanic import HTTPResponse, Request, Sanic, text
 
-from revchat.web import App
+from revchat.web.requests import App
 from tests.support import browser
 from tests.support.browser import require_chromium
 from tests.support.live import serving

@@ -1,13 +1,12 @@
 """The Redis broker: rooms shared by every worker and machine (``--broker redis://HOST:PORT/DB``).
 
-Each room is a Redis stream (:mod:`revchat.redis_history`): publishing is an XADD, and one reader
+Each room is a Redis stream (:mod:`revchat.backends.redis_history`): publishing is an XADD, and one reader
 task per worker XREADs the streams of the rooms it holds, so every worker delivers a room's events
 in the stream's one order. Other keys, under the same prefix:
 
-* ``{p}:typing`` — pub/sub channel of typing notices (best effort, never stored).
-* ``{p}:wake:{worker}`` — a one-entry stream the worker's reader also waits on, written to wake
-  it when it starts holding a room.
-* presence across workers: see :mod:`revchat.redis_presence`.
+* ``{p}:typing`` and ``{p}:ended`` — pub/sub channels: :mod:`revchat.backends.redis_notices`.
+* ``{p}:wake:{worker}`` — what wakes the worker's reader: :mod:`revchat.backends.redis_reader`.
+* presence across workers: see :mod:`revchat.backends.redis_presence`.
 """
 
 from __future__ import annotations
@@ -15,31 +14,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
-from revchat.broker import Broker
-from revchat.commit import CommitStats, GroupCommit
-from revchat.errors import BrokerUnavailable
-from revchat.events import Draft, Event, User, dumps
-from revchat.history import HistoryUnavailable
-from revchat.redis_history import RedisHistory, entries, one_line, room_key
-from revchat.redis_presence import Change, Presence
-from revchat.sessions import Ended
+from revchat.backends.redis_history import RedisHistory
+from revchat.backends.redis_notices import ERRORS, RedisNotices
+from revchat.backends.redis_presence import Change, RedisPresence
+from revchat.backends.redis_reader import RedisReader
+from revchat.core.broker import Broker
+from revchat.core.commit import CommitStats, GroupCommit
+from revchat.core.errors import BrokerUnavailable, one_line
+from revchat.core.events import Draft, Event, User
+from revchat.core.sessions import Ended
 
 log = logging.getLogger("revchat.redis")
 
-ERRORS = (RedisError, OSError)
 
 
 class RedisBroker(Broker):
@@ -50,9 +47,6 @@ class RedisBroker(Broker):
     """
 
     name = "redis"
-    block = 2.0
-    """Seconds an XREAD waits for new events before it is sent again."""
-    read_count = 1000
     max_batch = 1000
     retry_min = 0.1
     retry_max = 5.0
@@ -75,14 +69,14 @@ class RedisBroker(Broker):
                                    "retry": Retry(NoBackoff(), 0)}
         self._redis = Redis.from_url(url, socket_timeout=timeout, **options)
         # The reader's XREAD blocks on its own connections, so nothing queues behind it.
-        self._reader = Redis.from_url(url, socket_timeout=timeout + self.block, **options)
+        self._reader = Redis.from_url(url, socket_timeout=timeout + RedisReader.block, **options)
         self.history: RedisHistory = RedisHistory(self._redis, where=self.where, prefix=prefix,
                                                   maxlen=maxlen)
-        self.presence = Presence(self._redis, prefix=prefix, worker=self.worker,
+        self.presence: RedisPresence = RedisPresence(self._redis, prefix=prefix, worker=self.worker,
                                  heartbeat=heartbeat)
-        self._positions: dict[str, str] = {}
-        self._wake = f"{prefix}:wake:{self.worker}"
-        self._wake_position = "0-0"
+        self.notices = RedisNotices(self._redis, self._reader, prefix=prefix, worker=self.worker)
+        self.reading = RedisReader(self._redis, self._reader, self.history, prefix=prefix,
+                                   worker=self.worker)
         self._commits = GroupCommit(self.history.append, lambda events: self._up(),
                                     lambda exc: self._down(str(exc)), self.max_batch,
                                     faults=self.faults)
@@ -201,131 +195,74 @@ class RedisBroker(Broker):
     # -- reading ------------------------------------------------------------------------------
 
     def subscribe(self, room: str, after: str | None) -> None:
-        """Read ``room`` from ``after`` on; the reader's XREAD in flight is woken through this
-        worker's wake stream, so the next one includes the room at once."""
-        self._positions[room] = after or "0-0"
-        if after is not None:
-            self.history.note(room, after)
+        """Read ``room`` from ``after`` on; the reader's XREAD in flight is woken, so the next
+        one includes the room at once."""
+        self.reading.hold(room, after)
         if not self._closed:
-            task = asyncio.ensure_future(self._send_wake())
-            self._sends.add(task)
-            task.add_done_callback(self._sends.discard)
-
-    async def _send_wake(self) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.xadd(self._wake, {"w": "1"}, maxlen=1, approximate=False)
-        pipe.expire(self._wake, 3600)  # a worker that dies leaves nothing for long
-        with contextlib.suppress(*ERRORS):  # Redis is down: the reader starts over anyway
-            await pipe.execute()
+            self._spawn(self.reading.wake())
 
     def unsubscribe(self, room: str) -> None:
-        # The reader is not woken: it drops events of rooms no longer held, and its next XREAD
-        # leaves the room out.
-        self._positions.pop(room, None)
+        self.reading.drop(room)
+
+    def _spawn(self, send: Coroutine[Any, Any, None]) -> None:
+        """Run a send nobody awaits; :meth:`close` cancels what is left."""
+        task = asyncio.ensure_future(send)
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
 
     async def _read_loop(self) -> None:
         await self._retrying("reader", self._read_once)
 
     async def _read_once(self) -> None:
-        """One XREAD over the held rooms, from the last id delivered in each; deliver what came.
-
-        The XREAD also waits on the wake stream, which :meth:`subscribe` writes to. (Cancelling
-        the XREAD instead would be unreliable: on Python 3.11 redis-py's use of wait_for can
-        swallow a cancellation.)
-        """
-        positions = dict(self._positions)
-        streams = {room_key(self.prefix, room): pos for room, pos in positions.items()}
-        streams[self._wake] = self._wake_position
-        reply: Any = await self._reader.xread(
-            streams, count=self.read_count, block=int(self.block * 1000))  # type: ignore[arg-type]
+        events = await self.reading.read()
         self._up()
-        events: list[Event] = []
-        for key, batch in (reply.items() if isinstance(reply, dict) else reply or ()):
-            if key == self._wake and batch:
-                self._wake_position = str(batch[-1][0])
-                continue
-            room = str(key).removeprefix(room_key(self.prefix, ""))
-            if not batch or room not in positions or self._positions.get(room) != positions[room]:
-                continue  # unsubscribed (or subscribed again from elsewhere) meanwhile
-            self._positions[room] = str(batch[-1][0])
-            self.history.note(room, self._positions[room])
-            events.extend(entries(room, batch))
         if events and self.listener is not None:
             self.listener.deliver(events)
 
-    # -- typing -------------------------------------------------------------------------------
+    # -- typing and ended sessions ----------------------------------------------------------
 
     def typing(self, room: str, user: User) -> None:
         if self.listener is not None:
             self.listener.relay(room, user)  # this worker's subscribers need no round trip
-        if self._closed:
-            return
-        payload = dumps({"worker": self.worker, "room": room, "user": user.as_dict()})
-        task = asyncio.ensure_future(self._send_typing(payload))
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
-
-    async def _send_typing(self, payload: str) -> None:
-        with contextlib.suppress(*ERRORS):
-            await self._redis.publish(f"{self.prefix}:typing", payload)
+        if not self._closed:
+            self._spawn(self.notices.send_typing(room, user))
 
     async def _typing_loop(self) -> None:
-        await self._retrying("typing", self._listen, health=False)
+        await self._retrying("typing", functools.partial(
+            self.notices.listen, relay=self._relay, ended=self._tell_ended,
+            kept=self.history.ended_sessions), health=False)
 
-    async def _listen(self) -> None:
-        """Relay other workers' typing notices and take in the sessions they end. Each time the
-        subscription starts (again), read every ended session: some may have been ended while
-        this worker was not listening."""
-        typing, ended = f"{self.prefix}:typing", f"{self.prefix}:ended"
-        async with self._reader.pubsub(ignore_subscribe_messages=True) as pubsub:
-            await pubsub.subscribe(typing, ended)
-            try:
-                self._tell_ended(await self.history.ended_sessions())
-            except HistoryUnavailable as exc:
-                raise ConnectionError(str(exc)) from exc  # start over, like any Redis error
-            async for message in pubsub.listen():
-                try:
-                    if message["channel"] == ended:
-                        self._tell_ended(Ended.from_json(message["data"]))
-                        continue
-                    notice = json.loads(message["data"])
-                    if notice["worker"] != self.worker and self.listener is not None:
-                        self.listener.relay(str(notice["room"]), User.from_dict(notice["user"]))
-                except (KeyError, TypeError, ValueError, AttributeError):
-                    continue
+    def _relay(self, room: str, user: User) -> None:
+        if self.listener is not None:
+            self.listener.relay(room, user)
 
     async def end_sessions(self, ended: Ended) -> None:
         """Keep ``ended`` in Redis, end the sessions here, and tell the other workers."""
         await super().end_sessions(ended)
-        try:
-            await self._redis.publish(f"{self.prefix}:ended", ended.to_json())
-        except ERRORS as exc:
-            # Kept in Redis all the same: the others read it when they listen again.
-            log.warning("ended sessions not announced: %s", one_line(exc))
+        await self.notices.send_ended(ended)
 
     # -- presence ---------------------------------------------------------------------------
 
-    def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
-        self._down(exc)
-        return BrokerUnavailable(f"{self.where} unreachable: {one_line(exc)}")
+    @contextlib.contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """Redis errors as :class:`BrokerUnavailable`, and the broker marked down."""
+        try:
+            yield
+        except ERRORS as exc:
+            self._down(exc)
+            raise BrokerUnavailable(f"{self.where} unreachable: {one_line(exc)}") from None
 
     async def connected(self, room: str, user: User) -> bool:
-        try:
+        with self._unavailable():
             return await self.presence.connected(room, user)
-        except ERRORS as exc:
-            raise self._unavailable(exc) from None
 
     async def disconnected(self, room: str, user: User) -> bool:
-        try:
+        with self._unavailable():
             return await self.presence.disconnected(room, user)
-        except ERRORS as exc:
-            raise self._unavailable(exc) from None
 
     async def members(self, room: str) -> list[User]:
-        try:
+        with self._unavailable():
             return await self.presence.members(room)
-        except ERRORS as exc:
-            raise self._unavailable(exc) from None
 
     async def _heartbeat_loop(self) -> None:
         async def beat() -> None:

@@ -1,6 +1,6 @@
 """Room events kept in Redis Streams: one stream per room, whose entry ids are the events' ids.
 
-A stream gives every reader one order and increasing ids, which is what SPEC §4 asks of event
+A stream gives every reader one order and increasing ids, which docs/protocol.md promises of event
 ids, across every worker and machine that shares the Redis. Keys, under the deployment's prefix:
 
 * ``{prefix}:room:{room}`` — the room's stream; each entry has the fields ``type``, ``user``
@@ -9,7 +9,7 @@ ids, across every worker and machine that shares the Redis. Keys, under the depl
   (:meth:`RedisHistory.forget_user`): stream entries cannot be edited in place.
 * ``{prefix}:ended`` — hash of the sessions ended on the server (:meth:`RedisHistory.end_sessions`).
 
-Used through :class:`revchat.redis_broker.RedisBroker`, which owns the connection.
+Used through :class:`revchat.backends.redis_broker.RedisBroker`, which owns the connection.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from revchat.events import EVENT_TYPES, Draft, Event, User, id_key
-from revchat.history import FORGOTTEN_NAME, History, HistoryUnavailable
-from revchat.sessions import SESSION_MAX_AGE, Ended, now_ms
+from revchat.core.errors import one_line
+from revchat.core.events import EVENT_TYPES, Draft, Event, User, id_key
+from revchat.core.history import History, HistoryUnavailable, forgotten
+from revchat.core.sessions import SESSION_MAX_AGE, Ended, now_ms
 
 log = logging.getLogger("revchat.redis")
 
@@ -65,11 +66,6 @@ return ids
 """
 
 PAGE = 500
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one short line (Redis errors can carry newlines)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def room_key(prefix: str, room: str) -> str:
@@ -124,7 +120,7 @@ def stream_id(event_id: str) -> str | None:
 class RedisHistory(History):
     """The rooms' streams read back for the archive, resume and scroll-back.
 
-    :meth:`append` is what :class:`~revchat.redis_broker.RedisBroker` publishes with; ids keep
+    :meth:`append` is what :class:`~revchat.backends.redis_broker.RedisBroker` publishes with; ids keep
     increasing in a room even when Redis restarts empty (see :data:`APPEND`), as far as this
     process has seen the room. ``maxlen`` > 0 trims each stream to about that many entries.
     """
@@ -219,8 +215,7 @@ class RedisHistory(History):
         with self._errors():
             flags = await self._redis.hmget(self._forgotten, uids)
         gone = {uid for uid, flag in zip(uids, flags, strict=True) if flag}
-        return [Event(e.type, e.id, e.room, User(e.user.id, FORGOTTEN_NAME, None), e.timestamp,
-                      e.text) if e.user.id in gone else e for e in events]
+        return [forgotten(e) if e.user.id in gone else e for e in events]
 
     async def recent(self, room: str, limit: int) -> list[Event]:
         if limit <= 0:

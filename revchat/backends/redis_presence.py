@@ -1,4 +1,4 @@
-"""Who is in which room, counted across every worker in Redis (for :mod:`revchat.redis_broker`).
+"""Who is in which room, counted across every worker in Redis (for :mod:`revchat.backends.redis_broker`).
 
 A user is a member of a room while they have at least one socket in it on any worker; joins and
 leaves must happen once however many tabs and workers they use, and a worker that dies must not
@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from revchat.events import User, dumps
+from revchat.core.events import User, dumps
+from revchat.core.presence import Presence
 
 CONNECT = """
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
@@ -115,11 +116,11 @@ Change = tuple[Literal["join", "leave"], str, User]
 """A presence change to announce: ``("join" | "leave", room, user)``."""
 
 
-class Presence:
+class RedisPresence(Presence):
     """This worker's share of the rooms' presence, kept in Redis and in step with its sockets.
 
     Methods raise what redis-py raises (``RedisError``, ``OSError``); the broker turns that into
-    :class:`~revchat.broker.BrokerUnavailable`. The worker also counts its sockets itself, so
+    :class:`~revchat.core.broker.BrokerUnavailable`. The worker also counts its sockets itself, so
     that whatever Redis loses (a failed call, an outage, a restart, being swept) the next
     :meth:`beat` puts back.
     """

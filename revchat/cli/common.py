@@ -8,7 +8,8 @@ from typing import Annotated, Any, NoReturn, get_type_hints
 
 import typer
 
-from revchat.config import OPTIONS, SettingError, load, shown
+from revchat.settings.config import load
+from revchat.settings.options import OPTIONS, SettingError, shown
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -9,11 +9,11 @@ from typing import Annotated, TextIO
 
 import typer
 
-from revchat.broker import open_broker
-from revchat.cli_common import fail, with_settings
-from revchat.config import Loaded
-from revchat.errors import BrokerUnavailable
-from revchat.events import stored_room_name
+from revchat.backends.factory import open_broker
+from revchat.cli.common import fail, with_settings
+from revchat.core.errors import BrokerUnavailable
+from revchat.core.events import stored_room_name
+from revchat.settings.config import Loaded
 
 history_cli = typer.Typer(help="Export or purge a room's history.", no_args_is_help=True,
                           rich_markup_mode=None)
@@ -27,7 +27,7 @@ def _room(raw: str) -> str:
 
 
 async def _export(loaded: Loaded, room: str, out: TextIO) -> int:
-    broker = open_broker(loaded.settings)
+    broker = open_broker(loaded.settings.broker, **loaded.settings.store_options())
     await broker.open()
     count = 0
     try:
@@ -40,7 +40,7 @@ async def _export(loaded: Loaded, room: str, out: TextIO) -> int:
 
 
 async def _purge(loaded: Loaded, room: str) -> int:
-    broker = open_broker(loaded.settings)
+    broker = open_broker(loaded.settings.broker, **loaded.settings.store_options())
     await broker.open()
     try:
         return await broker.history.purge(room)

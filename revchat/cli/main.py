@@ -1,6 +1,6 @@
 """The ``revchat`` command (Typer): ``serve``, ``config show|check``, ``history export|purge``.
 
-The flags of ``serve`` and ``config`` are built from :data:`revchat.config.OPTIONS`, so a setting
+The flags of ``serve`` and ``config`` are built from :data:`revchat.settings.options.OPTIONS`, so a setting
 is declared once. Every bad value ends with one line on stderr and a non-zero exit, never a
 traceback.
 """
@@ -14,10 +14,11 @@ from typing import Annotated
 import typer
 
 from revchat import __version__
-from revchat.cli_common import fail, with_settings
-from revchat.config import OPTIONS, Loaded, Settings, shown
-from revchat.history_cli import history_cli
-from revchat.startup import SECRET_KEY_FILE, problems
+from revchat.cli.common import fail, with_settings
+from revchat.cli.history import history_cli
+from revchat.settings.config import Loaded, Settings
+from revchat.settings.options import OPTIONS, shown
+from revchat.settings.startup import SECRET_KEY_FILE, problems
 
 cli = typer.Typer(
     name="revchat",
@@ -51,7 +52,7 @@ def main_callback(
 @with_settings
 def serve(loaded: Loaded) -> None:
     """Run the chat server (http://127.0.0.1:9000 by default)."""
-    from revchat.server import ServeError, run
+    from revchat.web.server import ServeError, run
 
     found = problems(loaded.settings)
     if found:
@@ -94,7 +95,7 @@ def config_check(loaded: Loaded) -> None:
 
 def reachability(settings: Settings) -> list[str]:
     """Problems found by trying the configured history and broker for real."""
-    from revchat.server import ServeError, preflight
+    from revchat.web.server import ServeError, preflight
 
     try:
         preflight(settings)

@@ -33,7 +33,7 @@ class Close(NamedTuple):
 GOING_AWAY = Close(1001, "server shutting down", "reconnect", "The server is restarting.")
 TOO_MANY_SOCKETS = Close(1008, "too many sockets", "wait",
                          "You have too many connections open to this server.")
-"""Sent with the sentence :class:`~revchat.quota.TooManySockets` gives as its reason."""
+"""Sent with the sentence :class:`~revchat.core.quota.TooManySockets` gives as its reason."""
 TOO_BIG = Close(1009, "frame too big", "reconnect", "A message was too big to send.")
 """Sent by Sanic itself (``--max-frame-size``)."""
 NO_PONG = Close(1011, "no answer to ping", "reconnect", "The connection stopped answering.")
@@ -67,7 +67,7 @@ def javascript() -> str:
         return json.dumps(value, indent=2, ensure_ascii=False)
 
     return (
-        "// Generated from revchat/codes.py by codes.javascript(): do not edit (a test checks it).\n"
+        "// Generated from revchat/core/codes.py by codes.javascript(): do not edit (a test checks it).\n"
         f"export const CLOSE = {dumps(names)};\n\n"
         f"export const CLOSES = {dumps(closes)};\n\n"
         f"export const ERRORS = {dumps(ERRORS)};\n\n"

@@ -9,15 +9,15 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from revchat.errors import BrokerUnavailable
-from revchat.events import Draft, Event, storable
-from revchat.faults import Faults, one_line
-from revchat.history import HistoryUnavailable
+from revchat.core.errors import BrokerUnavailable, Refused, one_line
+from revchat.core.events import Draft, Event, storable
+from revchat.core.faults import Faults
+from revchat.core.history import HistoryUnavailable
 
 log = logging.getLogger("revchat.broker")
 
 
-class Unstorable(Exception):
+class Unstorable(Refused):
     """The store refused one draft for what it holds (not because it is down). Only that draft's
     publisher hears of it; the batch it came in is stored without it."""
 

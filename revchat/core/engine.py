@@ -1,7 +1,7 @@
 """The room engine: the heart of revchat, a plain asyncio object that knows no Sanic.
 
 It keeps the seed's design: every event of a room passes through one place (the broker's
-delivery, :meth:`Engine.deliver`, in :mod:`revchat.fanout`), so every subscriber sees one order.
+delivery, :meth:`Engine.deliver`, in :mod:`revchat.core.fanout`), so every subscriber sees one order.
 A :class:`Subscription` is what the seed called it: the archive first, then live events. Here:
 subscribing (the welcome, resume, presence), what clients do (say, typing, leaving), and the
 sessions and users the server ends.
@@ -15,36 +15,38 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from revchat.broker import Broker
-from revchat.codes import GOING_AWAY, SIGNED_OUT
-from revchat.errors import BrokerUnavailable
-from revchat.events import Draft, Event, User, id_key, welcome_frame
-from revchat.fanout import Fanout
-from revchat.history import FORGOTTEN_NAME
-from revchat.protocol import RateLimiter
-from revchat.quota import SocketQuota
-from revchat.room import Room, Sink, Subscription
-from revchat.sessions import Ended, Session, SessionBook
+from revchat.core.broker import Broker
+from revchat.core.codes import GOING_AWAY, SIGNED_OUT
+from revchat.core.errors import BrokerUnavailable, Refused, RevchatError
+from revchat.core.events import Draft, Event, User, id_key, welcome_frame
+from revchat.core.fanout import Fanout
+from revchat.core.history import forgotten_user
+from revchat.core.protocol import RateLimiter
+from revchat.core.quota import SocketQuota
+from revchat.core.room import Room, Sink, Subscription
+from revchat.core.sessions import Ended, Session, SessionBook
 
 log = logging.getLogger("revchat.engine")
 
 
 
-class RateLimited(Exception):
+class RateLimited(Refused):
     """The user is over the room's message rate; the message was not published."""
 
 
-class Closing(Exception):
+class Closing(RevchatError):
     """The engine is shutting down and takes no new subscribers."""
 
 
-class SessionEnded(Exception):
+class SessionEnded(Refused):
     """The subscriber's session was ended on the server while its socket was opening."""
 
 
 @dataclass(frozen=True)
 class Limits:
-    """The engine's settings (SPEC §4): see :mod:`revchat.config` for each one's meaning."""
+    """What the engine enforces (:meth:`revchat.settings.config.Settings.limits` fills it from the
+    settings; :mod:`revchat.settings.options` says what each one means). The defaults are the
+    tests': no per-user limits."""
 
     archive_size: int = 50
     resume_limit: int = 1000
@@ -57,11 +59,6 @@ class Limits:
     """Messages per second a user may say across all rooms (0: no limit beyond each room's)."""
     user_sockets: int = 0
     """Open sockets per user, and new ones per user per minute (0: no limit)."""
-
-
-def text_frame(text: str) -> bytes:
-    """The default wire encoding (tests): UTF-8 text, one line per frame."""
-    return text.encode() + b"\n"
 
 
 def _retrieved(future: asyncio.Future[None]) -> None:
@@ -78,7 +75,7 @@ class Engine(Fanout):
         broker: Broker,
         limits: Limits | None = None,
         *,
-        frame: Callable[[str], bytes] = text_frame,
+        frame: Callable[[str], bytes],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.broker = broker
@@ -298,7 +295,7 @@ class Engine(Fanout):
         """Anonymise a user's name and avatar in the store and in the rooms held here
         (Facebook's data deletion); return how many stored events changed."""
         count = await self.broker.history.forget_user(user_id)
-        anonymous = User(user_id, FORGOTTEN_NAME, None)
+        anonymous = forgotten_user(user_id)
         for room in self.rooms.values():
             room.forget(anonymous)
         return count

@@ -1,4 +1,4 @@
-"""Event types and the JSON frames of the socket protocol (SPEC §4). No I/O, no Sanic.
+"""Event types and the JSON frames of the socket protocol (docs/protocol.md). No I/O, no Sanic.
 
 An :class:`Event` is encoded to its JSON text once (:attr:`Event.json`); frames that carry events
 (the welcome's ``archive``, live events) splice that text in rather than encoding again.
@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from revchat.codes import ErrorCode
+from revchat.core.codes import ErrorCode
 
 EventType = Literal["message", "join", "leave"]
 EVENT_TYPES: frozenset[str] = frozenset({"message", "join", "leave"})
 
 ROOM_PATTERN = r"[A-Za-z0-9_-]{1,64}"
-"""Room names (SPEC §3): 1-64 letters, digits, ``-`` and ``_``; case-insensitive."""
+"""Room names (docs/protocol.md): 1-64 letters, digits, ``-`` and ``_``; case-insensitive."""
 _ROOM_RE = re.compile(ROOM_PATTERN)
 
 

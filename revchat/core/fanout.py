@@ -6,7 +6,7 @@
 * nothing here awaits a socket: a subscriber whose unsent bytes exceed ``queue_size`` is
   closed with 1013 "slow consumer" and nobody else waits for it.
 
-:class:`Fanout` is the half of :class:`~revchat.engine.Engine` the broker calls, in each room's
+:class:`Fanout` is the half of :class:`~revchat.core.engine.Engine` the broker calls, in each room's
 one order; the engine adds subscribing and what clients do.
 """
 
@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from revchat.codes import SLOW_CONSUMER
-from revchat.events import Event, User, typing_frame
-from revchat.room import Room, Subscription
+from revchat.core.codes import SLOW_CONSUMER
+from revchat.core.events import Event, User, typing_frame
+from revchat.core.room import Room, Subscription
 
 log = logging.getLogger("revchat.engine")
 

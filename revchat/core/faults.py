@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import logging
 
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one short line (messages from stores can carry newlines)."""
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
+from revchat.core.errors import one_line
 
 
 class Faults:

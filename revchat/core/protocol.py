@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from revchat.codes import ErrorCode
-from revchat.events import storable
+from revchat.core.codes import ErrorCode
+from revchat.core.errors import Refused
+from revchat.core.events import storable
 
 
-class BadFrame(Exception):
+class BadFrame(Refused):
     """A frame the server answers with an error frame; the socket stays open."""
 
     def __init__(self, code: ErrorCode, message: str) -> None:

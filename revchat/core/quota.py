@@ -5,10 +5,11 @@ Kept per worker, in the engine, from the moment a subscription is asked for unti
 
 from __future__ import annotations
 
-from revchat.protocol import RateLimiter
+from revchat.core.errors import Refused
+from revchat.core.protocol import RateLimiter
 
 
-class TooManySockets(Exception):
+class TooManySockets(Refused):
     """The user has ``limit`` sockets open already, or opened that many in the last minute."""
 
 

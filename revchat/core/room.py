@@ -1,6 +1,6 @@
 """What a worker holds of a room while it has subscribers, and one subscriber's socket.
 
-Plain state for :mod:`revchat.engine`, which is what changes it.
+Plain state for :mod:`revchat.core.engine`, which is what changes it.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from revchat.events import Event, User, dumps, id_key
-from revchat.sessions import Session
+from revchat.core.events import Event, User, dumps, id_key
+from revchat.core.sessions import Session
 
 
 class Sink(Protocol):

@@ -24,7 +24,7 @@ from typing import Any
 
 from itsdangerous import BadData, URLSafeSerializer
 
-from revchat.events import User, storable
+from revchat.core.events import User, storable
 
 SESSION_COOKIE = "revchat_session"
 SESSION_MAX_AGE = 30 * 24 * 3600

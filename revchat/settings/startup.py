@@ -8,8 +8,10 @@ import secrets
 from dataclasses import replace
 from urllib.parse import urlsplit
 
-from revchat.config import MIN_SECRET_KEY, SettingError, Settings, is_loopback
-from revchat.files import FILE_MODE, private_dir, private_file
+from revchat.core.errors import NEEDS_REDIS
+from revchat.core.files import FILE_MODE, private_dir, private_file
+from revchat.settings.config import Settings, is_loopback
+from revchat.settings.options import MIN_SECRET_KEY, SettingError
 
 SECRET_KEY_FILE = "secret_key"
 
@@ -67,9 +69,7 @@ def problems(settings: Settings) -> list[str]:
         try:
             import redis  # noqa: F401
         except ImportError:
-            found.append(
-                "--broker redis:// needs the redis extra: pip install 'revchat[redis]'"
-            )
+            found.append(NEEDS_REDIS)
     found.extend(_data_dir_problems(settings))
     return found
 

@@ -13,15 +13,16 @@ from sanic import HTTPResponse, Request, Sanic, json
 from sanic.exceptions import SanicException
 from sanic_ext import Config as ExtConfig
 
-from revchat import auth, facebook, ops, pages, redact, socket
-from revchat.broker import open_broker
-from revchat.config import Settings
-from revchat.engine import Engine, Limits
-from revchat.errors import BrokerUnavailable
-from revchat.history import HistoryUnavailable
-from revchat.protocol import RateLimiter
-from revchat.sessions import Signer
-from revchat.web import STATIC, TEMPLATES, App, page
+from revchat.backends.factory import open_broker
+from revchat.core.engine import Engine
+from revchat.core.errors import BrokerUnavailable
+from revchat.core.history import HistoryUnavailable
+from revchat.core.protocol import RateLimiter
+from revchat.core.sessions import Signer
+from revchat.settings.config import Settings
+from revchat.web import adapter, auth, facebook, ops, pages, redact, socket
+from revchat.web.context import Context, context_of
+from revchat.web.requests import STATIC, TEMPLATES, App, page
 
 log = logging.getLogger("revchat")
 
@@ -46,10 +47,16 @@ def create_app(settings: Settings, name: str = "revchat") -> App:
     if not settings.secret_key:
         raise ValueError("settings.secret_key is empty: call config.ensure_secret_key() first")
     redact.install()
-    app = Sanic(name)
+    app = Sanic(name, ctx=Context(
+        settings=settings,
+        session_signer=Signer(settings.secret_key, "session"),
+        oauth_signer=Signer(settings.secret_key, "oauth"),
+        signins=RateLimiter(settings.signin_rate / 60, settings.signin_rate),
+        history_reads=RateLimiter(*pages.HISTORY_RATE),
+    ))
     app.config.update(
         WEBSOCKET_MAX_SIZE=settings.max_frame_size,
-        # revchat pings from one task per worker (socket.Pinger), not one per socket
+        # revchat pings from one task per worker (adapter.Pinger), not one per socket
         WEBSOCKET_PING_INTERVAL=None,
         WEBSOCKET_PING_TIMEOUT=None,
         GRACEFUL_SHUTDOWN_TIMEOUT=3.0,
@@ -68,10 +75,6 @@ def create_app(settings: Settings, name: str = "revchat") -> App:
         oas=False, health=False, cors=False, templating_path_to_templates=str(TEMPLATES),
         templating_enable_async=True,
     ))
-    app.ctx.settings = settings
-    app.ctx.session_signer = Signer(settings.secret_key, "session")
-    app.ctx.signins = RateLimiter(settings.signin_rate / 60, settings.signin_rate)
-    app.ctx.history_reads = RateLimiter(*pages.HISTORY_RATE)
     app.static("/static", STATIC, name="static")
     for blueprint in (pages.bp, auth.bp, socket.bp, ops.bp):
         app.blueprint(blueprint)
@@ -89,35 +92,31 @@ def setup_facebook(app: App, settings: Settings) -> None:
 def setup_lifecycle(app: App, settings: Settings) -> None:
     @app.before_server_start
     async def open_engine(app: App) -> None:
-        broker = open_broker(settings)
+        broker = open_broker(settings.broker, **settings.store_options())
         await broker.open()
-        engine = Engine(broker, Limits(
-            archive_size=settings.archive_size, resume_limit=settings.resume_limit,
-            queue_size=settings.queue_size, write_delay=settings.write_delay / 1000,
-            rate=settings.rate, burst=settings.burst, user_rate=settings.user_rate,
-            user_sockets=settings.user_sockets,
-        ), frame=socket.text_frame)
+        engine = Engine(broker, settings.limits(), frame=adapter.text_frame)
         try:
             await engine.open()
         except BrokerUnavailable:
             await broker.close()
             raise
-        app.ctx.engine = engine
-        app.ctx.metrics = ops.registry_for(engine)
-        app.ctx.pinger = None
+        ctx = context_of(app)
+        ctx.engine = engine
+        ctx.metrics = ops.registry_for(engine)
         if settings.ping_interval > 0:
-            app.ctx.pinger = socket.Pinger(settings.ping_interval, settings.ping_timeout)
-            app.ctx.pinger.start()
+            ctx.pinger = adapter.Pinger(settings.ping_interval, settings.ping_timeout)
+            ctx.pinger.start()
 
     @app.before_server_stop
     async def close_sockets(app: App) -> None:
-        if app.ctx.pinger is not None:
-            await app.ctx.pinger.stop()
-        app.ctx.engine.close()
+        ctx = context_of(app)
+        if ctx.pinger is not None:
+            await ctx.pinger.stop()
+        ctx.engine.close()
 
     @app.after_server_stop
     async def close_engine(app: App) -> None:
-        engine: Engine = app.ctx.engine
+        engine = context_of(app).engine
         # The sockets are closed; their handlers still publish what their clients had sent and
         # their leaves. Wait for them (a while), then store what is queued and close.
         try:

@@ -1,4 +1,4 @@
-"""Guest sign-in and sign-out. Facebook sign-in lives in :mod:`revchat.facebook`."""
+"""Guest sign-in and sign-out. Facebook sign-in lives in :mod:`revchat.web.facebook`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import unicodedata
 
 from sanic import Blueprint, HTTPResponse, Request, redirect
 
-from revchat.engine import Engine
-from revchat.errors import BrokerUnavailable
-from revchat.events import User
-from revchat.sessions import Ended
-from revchat.web import (
+from revchat.core.errors import BrokerUnavailable
+from revchat.core.events import User
+from revchat.core.sessions import Ended
+from revchat.web.context import context
+from revchat.web.requests import (
     TOO_MANY_SIGNINS,
     current_session,
     end_session,
@@ -71,7 +71,7 @@ async def logout(request: Request) -> HTTPResponse:
     require_same_origin(request)
     session = current_session(request)
     if session is not None:
-        engine: Engine = request.app.ctx.engine
+        engine = context(request).engine
         try:
             await engine.end_sessions(Ended(sessions={session.id: session.expires}))
         except BrokerUnavailable as exc:

@@ -1,4 +1,5 @@
-"""Sign in with Facebook (SPEC §3) and Facebook's data-deletion callback.
+"""Sign in with Facebook (the README's "Sign-in"); its data-deletion callback is in
+:mod:`revchat.web.deletion`.
 
 The seed trusted a constant ``state`` and ignored HTTP errors. Here:
 
@@ -8,8 +9,6 @@ The seed trusted a constant ``state`` and ignored HTTP errors. Here:
   verifier in the body), reads ``/me?fields=id,name,picture`` and starts the session as
   ``fb:<id>``. Any failure shows the sign-in page with a readable message (400 for what the
   user did, 502 for what Facebook did), logs one line and starts no session.
-* ``POST /auth/facebook/data-deletion`` verifies Facebook's ``signed_request``, anonymises the
-  user in history and answers the status URL ``GET /auth/facebook/deletion?code=...`` serves.
 
 Every URL comes from the settings, so tests and staging point it at another provider.
 """
@@ -17,36 +16,28 @@ Every URL comes from the settings, so tests and staging point it at another prov
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import hmac
-import json
 import logging
-import re
 import secrets
-import time
 import unicodedata
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import httpx
 from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
 from sanic import Blueprint, HTTPResponse, Request, Sanic, redirect
-from sanic import json as json_response
-from sanic.exceptions import NotFound
 
-from revchat.config import Settings
-from revchat.engine import Engine
-from revchat.events import User
-from revchat.sessions import Ended, Signer, now_ms
-from revchat.web import (
+from revchat.core.events import User
+from revchat.settings.config import Settings
+from revchat.web import deletion
+from revchat.web.context import context, context_of
+from revchat.web.deletion import FB_ID
+from revchat.web.requests import (
     TOO_MANY_SIGNINS,
     client_address,
-    form_of,
+    facebook_settings,
     page,
     set_short_cookie,
-    settings_of,
     signin_allowed,
     start_session,
 )
@@ -63,8 +54,6 @@ TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 TOTAL_TIMEOUT = 20.0
 MAX_NAME = 100
 MAX_URL = 2048
-FB_ID = re.compile(r"[0-9]{1,32}")
-DELETION_CODE = re.compile(r"([0-9a-f]{8})([0-9a-f]{12})([0-9a-f]{12})")
 
 
 class SignInFailed(Exception):
@@ -80,22 +69,15 @@ class SignInFailed(Exception):
 def setup(app: Sanic[Any, Any], settings: Settings) -> None:
     """Mount the routes. They always exist and answer 404 while Facebook is not configured, so
     a half-configured server says why instead of showing a bare "not found"."""
-    app.ctx.oauth_signer = Signer(settings.secret_key, "oauth")
     app.blueprint(bp)
+    app.blueprint(deletion.bp)
 
     async def open_tls(app: Sanic[Any, Any]) -> None:
         # Building a TLS context reads the trust store: ~0.1 s of CPU that would stall every
         # room of the worker if each sign-in paid it. One per worker, shared by the clients.
-        app.ctx.facebook_tls = httpx.create_ssl_context() if settings.facebook else None
+        context_of(app).facebook_tls = httpx.create_ssl_context() if settings.facebook else None
 
     app.register_listener(open_tls, "before_server_start")
-
-
-def _configured(request: Request) -> Settings:
-    settings = settings_of(request)
-    if not settings.facebook:
-        raise NotFound("Facebook sign-in is not configured")
-    return settings
 
 
 def redirect_uri(settings: Settings) -> str:
@@ -109,14 +91,14 @@ def _client(request: Request, settings: Settings) -> AsyncOAuth2Client:
         client_id=settings.fb_client_id, client_secret=settings.fb_client_secret,
         token_endpoint_auth_method="client_secret_post", scope=SCOPE,
         redirect_uri=redirect_uri(settings), code_challenge_method="S256", timeout=TIMEOUT,
-        verify=request.app.ctx.facebook_tls,
+        verify=context(request).facebook_tls,
     )
 
 
 @bp.get("/")
 async def login(request: Request) -> HTTPResponse:
     """302 to Facebook's login dialog with a fresh state and PKCE challenge kept in a cookie."""
-    settings = _configured(request)
+    settings = facebook_settings(request)
     state, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(48)
     async with _client(request, settings) as client:
         url, _ = client.create_authorization_url(
@@ -124,7 +106,7 @@ async def login(request: Request) -> HTTPResponse:
             state=state, code_verifier=verifier,
         )
     response = redirect(str(url), headers={"cache-control": "no-store"})
-    signer: Signer = request.app.ctx.oauth_signer
+    signer = context(request).oauth_signer
     set_short_cookie(request, response, OAUTH_COOKIE,
                      signer.dumps({"state": state, "verifier": verifier}), OAUTH_MAX_AGE)
     return response
@@ -133,7 +115,7 @@ async def login(request: Request) -> HTTPResponse:
 @bp.get("/callback")
 async def callback(request: Request) -> HTTPResponse:
     """Start the session of the Facebook user and 302 to ``/``; the sign-in page on failure."""
-    settings = _configured(request)
+    settings = facebook_settings(request)
     try:
         if not signin_allowed(request):
             raise SignInFailed(429, TOO_MANY_SIGNINS, "too many sign-ins from "
@@ -171,7 +153,7 @@ def _checked_callback(request: Request) -> tuple[str, str]:
             raise SignInFailed(400, "You cancelled the Facebook sign-in.", "the user cancelled")
         _provider_failed(f"the dialog answered error={_short(args.get('error'))} "
                          f"({_short(args.get('error_description'))})")
-    signer: Signer = request.app.ctx.oauth_signer
+    signer = context(request).oauth_signer
     saved = signer.loads(request.cookies.get(OAUTH_COOKIE), OAUTH_MAX_AGE)
     if saved is None:
         raise SignInFailed(400, "Your Facebook sign-in took too long or your browser did not keep "
@@ -258,89 +240,3 @@ def _short(value: Any) -> str:
     """A value for a log line: repr'd (no forged line breaks) and cut short."""
     text = repr(value)
     return text if len(text) <= 200 else text[:200] + "..."
-
-
-# -- data deletion -------------------------------------------------------------------------------
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-
-
-def signed_request_user(signed_request: str, app_secret: str) -> str | None:
-    """The ``user_id`` of a valid ``base64url(sig).base64url(payload)``, or None.
-
-    The signature is HMAC-SHA256 of the payload part with the app secret, compared in constant
-    time before the payload is parsed; the payload's algorithm must be HMAC-SHA256.
-    """
-    sig_part, dot, payload_part = signed_request.partition(".")
-    if not dot or len(signed_request) > 8192:
-        return None
-    try:
-        signature = _unb64(sig_part)
-        expected = hmac.new(app_secret.encode(), payload_part.encode("ascii"),
-                            hashlib.sha256).digest()
-        if not hmac.compare_digest(signature, expected):
-            return None
-        payload = json.loads(_unb64(payload_part))
-    except (ValueError, binascii.Error):
-        return None
-    if not isinstance(payload, dict) or str(payload.get("algorithm", "")).upper() != "HMAC-SHA256":
-        return None
-    user_id = str(payload.get("user_id", ""))
-    return user_id if FB_ID.fullmatch(user_id) else None
-
-
-def _code_mac(settings: Settings, body: str) -> str:
-    key = f"revchat|fb-deletion|{settings.secret_key}".encode()
-    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()[:12]
-
-
-def deletion_code(settings: Settings, user_id: str, now: float | None = None) -> str:
-    """A confirmation code that needs no storage: the time in hex, a keyed hash of the user (the
-    code is shown to people, the Facebook id is not) and a MAC over both."""
-    body = f"{int(time.time() if now is None else now):08x}{_code_mac(settings, 'user|' + user_id)}"
-    return body + _code_mac(settings, body)
-
-
-def deletion_time(settings: Settings, code: str) -> datetime | None:
-    """When the deletion a code confirms was done, or None for a code this server did not issue."""
-    match = DELETION_CODE.fullmatch(code)
-    if match is None or not hmac.compare_digest(match[3], _code_mac(settings, match[1] + match[2])):
-        return None
-    return datetime.fromtimestamp(int(match[1], 16), UTC)
-
-
-@bp.post("/data-deletion")
-async def data_deletion(request: Request) -> HTTPResponse:
-    """Facebook's data deletion callback: anonymise the user, answer the status URL and code.
-
-    Facebook's servers call it, not a browser, so no Origin check: the signature is the proof.
-    """
-    settings = _configured(request)
-    form = form_of(request) or {}
-    raw = form.get("signed_request")
-    user_id = signed_request_user(raw or "", settings.fb_client_secret)
-    if user_id is None:
-        log.warning("data deletion refused: signed_request missing, malformed or forged")
-        return json_response({"error": "invalid signed_request"}, status=400)
-    engine: Engine = request.app.ctx.engine
-    # Their sessions end everywhere first, then their name goes from what is stored.
-    await engine.end_sessions(Ended(users={f"fb:{user_id}": now_ms()}))
-    count = await engine.forget_user(f"fb:{user_id}")
-    code = deletion_code(settings, user_id)
-    log.info("data deletion %s: anonymised %d stored events", code, count)
-    return json_response({"url": f"{settings.public_url}/auth/facebook/deletion?code={code}",
-                          "confirmation_code": code})
-
-
-@bp.get("/deletion")
-async def deletion_status(request: Request) -> HTTPResponse:
-    """The status page a deletion's URL names; 404 for a code this server did not issue."""
-    settings = _configured(request)
-    code = str(request.args.get("code", ""))
-    done = deletion_time(settings, code)
-    if done is None:
-        raise NotFound("no data deletion has this confirmation code")
-    return await page(request, "deletion.html", code=code,
-                      done=done.strftime("%Y-%m-%d %H:%M UTC"))

@@ -11,8 +11,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sanic import Blueprint, HTTPResponse, Request, json
 
-from revchat.engine import Engine
-from revchat.history import HistoryUnavailable
+from revchat.core.engine import Engine
+from revchat.core.history import HistoryUnavailable
+from revchat.web.context import context
 
 bp = Blueprint("ops")
 log = logging.getLogger("revchat.ops")
@@ -22,7 +23,7 @@ log = logging.getLogger("revchat.ops")
 async def healthz(request: Request) -> HTTPResponse:
     """200 when events can be stored and delivered; 503 naming the part that cannot (the
     publisher, the history, the broker), never a path or an address."""
-    engine: Engine = request.app.ctx.engine
+    engine = context(request).engine
     problem = engine.broker.problem()
     if problem is None:
         try:
@@ -94,5 +95,6 @@ def registry_for(engine: Engine) -> CollectorRegistry:
 
 @bp.get("/metrics")
 async def metrics(request: Request) -> HTTPResponse:
-    registry: CollectorRegistry = request.app.ctx.metrics
+    registry = context(request).metrics
+    assert registry is not None, "set when the server starts, before any request"
     return HTTPResponse(generate_latest(registry), content_type="text/plain; version=0.0.4")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from sanic import Blueprint, HTTPResponse, Request, json, redirect
 from sanic.exceptions import BadRequest, NotFound
 
-from revchat.engine import Engine
-from revchat.events import ROOM_PATTERN, id_key, stored_room_name
-from revchat.protocol import RateLimiter, whole_number
-from revchat.web import current_user, page, settings_of
+from revchat.core.events import ROOM_PATTERN, id_key, stored_room_name
+from revchat.core.protocol import whole_number
+from revchat.web.context import context
+from revchat.web.requests import current_user, page, settings_of
 
 bp = Blueprint("pages")
 
@@ -67,10 +67,10 @@ async def history(request: Request, room: str) -> HTTPResponse:
     before = request.args.get("before") or None
     if before is not None and id_key(before) is None:
         raise BadRequest("before must be an event id")
-    reads: RateLimiter = request.app.ctx.history_reads
+    reads = context(request).history_reads
     if not reads.allow(user.id, ""):
         return json({"error": "too many history requests; wait a moment"}, status=429)
-    engine: Engine = request.app.ctx.engine
+    engine = context(request).engine
     events, more = await engine.broker.history.before(name, before, limit)
     body = '{"events":[' + ",".join(e.json for e in events) + '],"more":' + \
         ("true" if more else "false") + "}"

@@ -8,22 +8,20 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from sanic import HTTPResponse, Request, Sanic
-from sanic.exceptions import Forbidden
+from sanic.exceptions import Forbidden, NotFound
 from sanic_ext import render
 
-from revchat.config import Settings
-from revchat.events import User
-from revchat.protocol import RateLimiter
-from revchat.sessions import (
+from revchat.core.events import User
+from revchat.core.sessions import (
     SESSION_COOKIE,
     SESSION_MAX_AGE,
     Session,
-    SessionBook,
-    Signer,
     new_session,
     read_session,
     session_token,
 )
+from revchat.settings.config import Settings
+from revchat.web.context import context
 
 PACKAGE = Path(__file__).resolve().parent
 TEMPLATES = PACKAGE / "templates"
@@ -34,7 +32,15 @@ App: TypeAlias = Sanic[Any, Any]
 
 
 def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.ctx.settings
+    settings = context(request).settings
+    return settings
+
+
+def facebook_settings(request: Request) -> Settings:
+    """The settings, for a Facebook route: 404 while Facebook sign-in is not configured."""
+    settings = settings_of(request)
+    if not settings.facebook:
+        raise NotFound("Facebook sign-in is not configured")
     return settings
 
 
@@ -43,9 +49,9 @@ def current_session(request: Request) -> Session | None:
     malformed one, or a session the server has ended (signed out, data deleted)."""
     ctx = request.ctx
     if not hasattr(ctx, "session"):
-        signer: Signer = request.app.ctx.session_signer
+        signer = context(request).session_signer
         session = read_session(signer, request.cookies.get(SESSION_COOKIE))
-        book: SessionBook = request.app.ctx.engine.sessions
+        book = context(request).engine.sessions
         ctx.session = None if session is None or book.ended(session) else session
     found: Session | None = ctx.session
     return found
@@ -93,7 +99,7 @@ def form_of(request: Request) -> Mapping[str, Any] | None:
 
 def signin_allowed(request: Request) -> bool:
     """Take one of the client address's sign-ins (``--signin-rate``); False when none is left."""
-    limiter: RateLimiter = request.app.ctx.signins
+    limiter = context(request).signins
     return limiter.allow(client_address(request), "")
 
 
@@ -114,7 +120,7 @@ def require_same_origin(request: Request) -> None:
 
 def start_session(request: Request, response: HTTPResponse, user: User) -> Session:
     """Sign ``user`` in: a new session, its cookie set on ``response``."""
-    signer: Signer = request.app.ctx.session_signer
+    signer = context(request).session_signer
     session = new_session(user)
     _set_cookie(request, response, SESSION_COOKIE, session_token(signer, session), SESSION_MAX_AGE)
     return session

@@ -11,13 +11,14 @@ from functools import partial
 from sanic import Sanic
 from sanic.worker.loader import AppLoader
 
-from revchat.app import create_app
-from revchat.broker import open_broker
-from revchat.config import SettingError, Settings
-from revchat.errors import BrokerUnavailable
-from revchat.files import private_dir
-from revchat.socket import Protocol as SocketProtocol
-from revchat.startup import ensure_secret_key, uses_data_dir
+from revchat.backends.factory import open_broker
+from revchat.core.errors import BrokerUnavailable
+from revchat.core.files import private_dir
+from revchat.settings.config import Settings
+from revchat.settings.options import SettingError
+from revchat.settings.startup import ensure_secret_key, uses_data_dir
+from revchat.web.adapter import Protocol as SocketProtocol
+from revchat.web.app import create_app
 
 log = logging.getLogger("revchat")
 
@@ -35,7 +36,7 @@ def preflight(settings: Settings) -> None:
 
     async def attempt() -> None:
         try:
-            broker = open_broker(settings)
+            broker = open_broker(settings.broker, **settings.store_options())
         except ValueError as exc:
             raise ServeError(str(exc)) from None
         await broker.open()

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from sanic import Sanic
 
-from revchat.app import create_app
-from revchat.config import Settings
-from revchat.engine import Engine
+from revchat.core.engine import Engine
+from revchat.settings.config import Settings
+from revchat.web.app import create_app
 from tests.support.live import Live
 from tests.support.ports import free_socket
 

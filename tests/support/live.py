@@ -1,5 +1,5 @@
 """A real revchat server on an ephemeral loopback port, run in the test's event loop, and a
-WebSocket client that speaks SPEC §4. Shared by the socket, engine-over-HTTP and Redis tests."""
+WebSocket client that speaks docs/protocol.md. Shared by the socket, engine-over-HTTP and Redis tests."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import websockets
 from sanic import Sanic
 from websockets.asyncio.client import ClientConnection
 
-from revchat.app import create_app
-from revchat.config import Settings, load
-from revchat.engine import Engine
-from revchat.socket import Protocol as SocketProtocol
+from revchat.core.engine import Engine
+from revchat.settings.config import Settings, load
+from revchat.web.adapter import Protocol as SocketProtocol
+from revchat.web.app import create_app
 from tests.support.ports import free_socket
 
 Sanic.test_mode = True

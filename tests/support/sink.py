@@ -1,5 +1,5 @@
 """A socket as the engine sees it, in memory: what the engine, fan-out and broker tests hand
-:meth:`revchat.engine.Engine.subscribe` instead of a WebSocket."""
+:meth:`revchat.core.engine.Engine.subscribe` instead of a WebSocket."""
 
 from __future__ import annotations
 
@@ -11,8 +11,14 @@ from typing import Any
 TIMEOUT = 15.0
 
 
+def line_frame(text: str) -> bytes:
+    """The frame encoding of the engine tests: UTF-8 text, one JSON line per frame (what
+    :class:`Sink` reads back)."""
+    return text.encode() + b"\n"
+
+
 class Sink:
-    """Keeps every write (JSON lines: the engine's default frame encoding) and can pretend not to
+    """Keeps every write (JSON lines: :func:`line_frame`) and can pretend not to
     be read: while ``stalled``, what is written counts as unsent (``get_write_buffer_size``)."""
 
     def __init__(self, stalled: bool = False) -> None:

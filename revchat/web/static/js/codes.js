@@ -1,4 +1,4 @@
-// Generated from revchat/codes.py by codes.javascript(): do not edit (a test checks it).
+// Generated from revchat/core/codes.py by codes.javascript(): do not edit (a test checks it).
 export const CLOSE = {
   "GOING_AWAY": 1001,
   "NO_PONG": 1011,

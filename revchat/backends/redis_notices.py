@@ -1,0 +1,73 @@
+"""What the Redis broker's workers tell each other without storing it, over pub/sub:
+
+* ``{p}:typing`` carries typing notices (best effort: a lost one only hides an indicator);
+* ``{p}:ended`` announces sessions ended on the server. They are kept in Redis first
+  (:meth:`revchat.backends.redis_history.RedisHistory.end_sessions`), so a worker that was not
+  listening reads them all again each time it (re)subscribes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from revchat.core.errors import one_line
+from revchat.core.events import User, dumps
+from revchat.core.history import HistoryUnavailable
+from revchat.core.sessions import Ended
+
+log = logging.getLogger("revchat.redis")
+
+ERRORS = (RedisError, OSError)
+
+
+class RedisNotices:
+    """One worker's end of the two channels; ``reader`` is a connection that may block."""
+
+    def __init__(self, client: Redis, reader: Redis, *, prefix: str, worker: str) -> None:
+        self._redis = client
+        self._reader = reader
+        self.worker = worker
+        self.typing_channel = f"{prefix}:typing"
+        self.ended_channel = f"{prefix}:ended"
+
+    async def send_typing(self, room: str, user: User) -> None:
+        """Tell the other workers ``user`` is typing in ``room``; nothing if Redis is down."""
+        payload = dumps({"worker": self.worker, "room": room, "user": user.as_dict()})
+        with contextlib.suppress(*ERRORS):
+            await self._redis.publish(self.typing_channel, payload)
+
+    async def send_ended(self, ended: Ended) -> None:
+        """Announce sessions already kept in Redis; a failure is logged, not raised (the others
+        read what is kept when they subscribe again)."""
+        try:
+            await self._redis.publish(self.ended_channel, ended.to_json())
+        except ERRORS as exc:
+            log.warning("ended sessions not announced: %s", one_line(exc))
+
+    async def listen(self, *, relay: Callable[[str, User], None], ended: Callable[[Ended], None],
+                     kept: Callable[[], Awaitable[Ended]]) -> None:
+        """Until cancelled or Redis fails: hand other workers' typing notices to ``relay`` and
+        every ended session to ``ended``, starting with all that ``kept`` returns (some may have
+        been ended while this worker was not listening). Malformed messages are skipped."""
+        async with self._reader.pubsub(ignore_subscribe_messages=True) as pubsub:
+            await pubsub.subscribe(self.typing_channel, self.ended_channel)
+            try:
+                ended(await kept())
+            except HistoryUnavailable as exc:
+                raise ConnectionError(str(exc)) from exc  # start over, like any Redis error
+            async for message in pubsub.listen():
+                try:
+                    if message["channel"] == self.ended_channel:
+                        ended(Ended.from_json(message["data"]))
+                        continue
+                    notice = json.loads(message["data"])
+                    if notice["worker"] != self.worker:
+                        relay(str(notice["room"]), User.from_dict(notice["user"]))
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    continue
