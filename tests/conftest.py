@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from hypothesis import settings as hypothesis_settings
 
 from revchat.settings.config import Settings
 from tests.support.live import Live, live_server, make_settings
+from tests.support.redis_server import RedisServer
 
 # No deadline: a shared 2-core machine stalls at times, and speed is measured in benchmarks/.
 # Under CI the examples are derandomized (the same every run, so main stays green or red for a
@@ -37,4 +38,19 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 async def live(settings: Settings) -> AsyncIterator[Live]:
     async with live_server(settings) as server:
+        yield server
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own on a free port (the machine's 6379 is not for tests);
+    under CI a missing redis-server fails the test, never skips it."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shared_redis() -> Iterator[RedisServer]:
+    """One redis-server for a whole test module, for tests that keep apart by key prefix."""
+    with RedisServer() as server:
         yield server

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_args
 
@@ -25,14 +24,8 @@ from revchat.core.sessions import SESSION_COOKIE
 from revchat.settings.config import load
 from tests.support.fake_facebook import fake_facebook
 from tests.support.live import Live, frame, frame_of, live_server, make_settings, say
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 from tests.support.waiting import eventually
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 async def healthz(live: Live) -> httpx.Response:

@@ -25,12 +25,6 @@ from tests.support.waiting import eventually
 SURROGATE = '{"type": "say", "text": "\\ud800"}'
 
 
-@pytest.fixture
-def redis() -> AsyncIterator[RedisServer]:
-    with redis_server() as server:
-        yield server  # type: ignore[misc]
-
-
 STORES = ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)]
 
 

@@ -4,14 +4,14 @@ what a worker's own count of its sockets puts back on a resync, and what leaving
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
 from revchat.backends.redis_presence import Change, RedisPresence, _changes
 from revchat.core.events import User
-from tests.support.redis_server import RedisServer, require_redis_server
+from tests.support.redis_server import RedisServer
 
 # A presence change left waiting is a failure here, not a hang (mutation runs count on it).
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(20)]
@@ -21,10 +21,8 @@ BOB = User("guest:bob", "Bob", "https://example.com/bob.png")
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    require_redis_server()
-    with RedisServer() as running:
-        yield running
+def server(shared_redis: RedisServer) -> RedisServer:
+    return shared_redis
 
 
 @pytest.fixture

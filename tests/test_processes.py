@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,19 +20,13 @@ from tests.support.process import (
     serve,
     worker_connections,
 )
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.redis
 
 SWEPT_WITHIN = 45.0
 """Seconds to wait for the sweep: README says about 1⅓ times 15 s; this is generous for a loaded box."""
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 def test_a_killed_worker_is_swept_and_the_other_serves_on(redis: RedisServer,

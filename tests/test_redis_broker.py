@@ -92,10 +92,8 @@ def draft(room: str, text: str, user: User = ANN, kind: str = "message") -> Draf
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    require_redis_server()
-    with RedisServer() as running:
-        yield running
+def server(shared_redis: RedisServer) -> RedisServer:
+    return shared_redis
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +17,9 @@ from revchat.core.events import id_key
 from tests.support.live import connect, frame, frame_of, say, sign_in
 from tests.support.ports import free_port
 from tests.support.process import SCRIPT, Served, children, open_on_both_workers, serve
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 
 SECRET = "shared-secret-" + "k" * 40
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 def server_args(redis: RedisServer, data: Path, *extra: str) -> tuple[str, ...]:

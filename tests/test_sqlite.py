@@ -7,7 +7,7 @@ import asyncio
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,7 +22,7 @@ from revchat.backends.sqlite_schema import SCHEMA_VERSION
 from revchat.core.events import Draft, Event, User
 from revchat.core.history import FORGOTTEN_NAME, History, HistoryUnavailable
 from revchat.core.sessions import Ended
-from tests.support.redis_server import RedisServer, require_redis_server
+from tests.support.redis_server import RedisServer
 
 ANN = User("guest:ann", "Ann", "https://example.com/ann.png")
 BOB = User("guest:bob", "Bob")
@@ -43,18 +43,11 @@ async def opened(path: Path, **options: Any) -> SQLiteHistory:
     return history
 
 
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    require_redis_server()
-    with RedisServer() as running:
-        yield running
-
-
 @pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 async def history(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[History]:
     client = None
     if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis")
+        server: RedisServer = request.getfixturevalue("shared_redis")
         client = Redis.from_url(server.url, decode_responses=True)
         store: History = RedisHistory(client, where=server.url, prefix=secrets.token_hex(4))
     elif request.param == "memory":
