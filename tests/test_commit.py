@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+import re
+from collections.abc import AsyncIterator
 from itertools import count
 
 import pytest
@@ -24,6 +25,24 @@ pytestmark = pytest.mark.timeout(10)
 
 def draft(text: str, user: User = ANN) -> Draft:
     return Draft("message", "lobby", user, 1764489600000, text)
+
+
+def exactly(message: str) -> str:
+    """A ``pytest.raises`` pattern for this whole message (each says why, in one line)."""
+    return f"^{re.escape(message)}$"
+
+
+SHUTTING_DOWN = exactly("the server is shutting down")
+
+
+def faults_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """What the tally of the ``parts`` fixture logged."""
+    return [r for r in caplog.records if r.name == "test.commit"]
+
+
+def logged_error(record: logging.LogRecord) -> BaseException | None:
+    """The exception a record carries (its traceback), if any."""
+    return record.exc_info[1] if record.exc_info else None
 
 
 class Store:
@@ -58,9 +77,12 @@ class Listener:
         self.stored: list[list[str]] = []
         self.failures: list[HistoryUnavailable] = []
         self.broken = False
+        self.takes: set[str] = set()
 
-    def on_stored(self, events: Sequence[Event]) -> None:
+    def on_stored(self, events: list[Event]) -> None:
         self.stored.append([e.text for e in events])
+        if any(e.text in self.takes for e in events):
+            events.clear()
         if self.broken:
             raise RuntimeError("the listener broke")
 
@@ -100,8 +122,9 @@ async def test_drafts_are_stored_in_order_in_batches(parts: tuple[GroupCommit, S
 async def test_an_outage_fails_the_batch_and_the_loop_goes_on(
     parts: tuple[GroupCommit, Store, Listener]
 ) -> None:
-    """A store that is down fails every publisher of the batch with BrokerUnavailable, is reported
-    once per batch (not as an unexpected error), and the next batch is stored once it is back."""
+    """A store that is down fails every publisher of the batch with BrokerUnavailable ("history is
+    unavailable"), is reported once per batch (not as an unexpected error), and the next batch is
+    stored once it is back."""
     commit, store, listener = parts
     outage = HistoryUnavailable("disk gone")
     store.down = outage
@@ -111,7 +134,7 @@ async def test_an_outage_fails_the_batch_and_the_loop_goes_on(
     lost = [commit.submit(draft(t)) for t in "bc"]
     store.gate.set()
     for future in (first, *lost):
-        with pytest.raises(BrokerUnavailable, match="history is unavailable"):
+        with pytest.raises(BrokerUnavailable, match=exactly("history is unavailable")):
             await future
     assert listener.failures == [outage, outage]
     assert (commit.stats.failed, commit.stats.unexpected, commit.stats.batches) == (2, 0, 0)
@@ -135,7 +158,7 @@ async def test_only_the_culprit_of_a_refused_batch_hears_of_it(
     await blocker
     x, bad, y = futures
     assert (await x).text == "x" and (await y).text == "y"
-    with pytest.raises(Unstorable, match="the message cannot be stored"):
+    with pytest.raises(Unstorable, match=exactly("the message cannot be stored")):
         await bad
     assert store.batches == [["first"], ["x"], ["y"]]
     assert listener.stored == [["first"], ["x"], ["y"]]
@@ -143,25 +166,36 @@ async def test_only_the_culprit_of_a_refused_batch_hears_of_it(
     assert commit._faults.count == 1  # the broker's tally, which /metrics reads
 
 
-async def test_a_lone_refused_draft_is_unstorable(parts: tuple[GroupCommit, Store, Listener]) -> None:
-    """A batch of one draft the store refuses fails that publisher with Unstorable and nothing else."""
+async def test_a_lone_refused_draft_is_unstorable(
+    parts: tuple[GroupCommit, Store, Listener], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch of one draft the store refuses fails that publisher with Unstorable and nothing
+    else; the error logged names the draft's type, user and room, with the store's error."""
     commit, store, _ = parts
     store.refuse = {"bad"}
-    with pytest.raises(Unstorable):
+    with pytest.raises(Unstorable, match=exactly("the message cannot be stored")):
         await commit.submit(draft("bad"))
     assert commit.stats.unexpected == 1 and commit.running
+    [record] = faults_logged(caplog)
+    assert "storing a message of guest:ann in lobby" in record.getMessage()
+    error = logged_error(record)
+    assert isinstance(error, ValueError) and str(error) == "the store cannot take bad"
     assert (await commit.submit(draft("ok"))).text == "ok"
 
 
 async def test_a_broken_listener_still_answers_the_publishers(
-    parts: tuple[GroupCommit, Store, Listener]
+    parts: tuple[GroupCommit, Store, Listener], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An error while handing a stored batch on is counted, and its publishers still get their
-    events (they were stored)."""
+    """An error while handing a stored batch on is counted and logged as such, with the
+    listener's error, and its publishers still get their events (they were stored)."""
     commit, _, listener = parts
     listener.broken = True
     assert (await commit.submit(draft("a"))).text == "a"
     assert commit.stats.unexpected == 1 and commit.stats.events == 1
+    [record] = faults_logged(caplog)
+    assert "delivering a batch" in record.getMessage()
+    error = logged_error(record)
+    assert isinstance(error, RuntimeError) and str(error) == "the listener broke"
     assert (await commit.submit(draft("b"))).text == "b"
     assert commit.stats.unexpected == 2 and commit.stats.events == 2
     listener.broken = False
@@ -169,17 +203,43 @@ async def test_a_broken_listener_still_answers_the_publishers(
     assert commit.stats.unexpected == 2
 
 
-async def test_a_store_that_loses_events_fails_the_batch(parts: tuple[GroupCommit, Store, Listener]) -> None:
+async def test_a_store_that_loses_events_fails_the_batch(
+    parts: tuple[GroupCommit, Store, Listener], caplog: pytest.LogCaptureFixture
+) -> None:
     """A store that returns fewer events than drafts is a bug: the batch's publishers get
-    BrokerUnavailable, it is counted, and the loop keeps running."""
+    BrokerUnavailable, it is counted and logged (how many events for how many drafts), and the
+    loop keeps running."""
     commit, store, listener = parts
     store.short = True
-    with pytest.raises(BrokerUnavailable, match="could not be published"):
+    with pytest.raises(BrokerUnavailable, match=exactly("the message could not be published")):
         await commit.submit(draft("a"))
     assert commit.stats.unexpected == 1 and commit.running and commit.problem() is None
+    [record] = faults_logged(caplog)
+    assert "publishing a batch" in record.getMessage()
+    error = logged_error(record)
+    assert isinstance(error, RuntimeError) and str(error) == "the store returned 0 events for 1 drafts"
     assert listener.stored == []
     store.short = False
     assert (await commit.submit(draft("b"))).text == "b"
+
+
+async def test_a_listener_that_takes_the_events_leaves_no_publisher_waiting(
+    parts: tuple[GroupCommit, Store, Listener]
+) -> None:
+    """A listener that empties the list of stored events it is handed changes nothing its
+    publishers hear: each gets its own stored event, and the loop goes on."""
+    commit, store, listener = parts
+    listener.takes = {"a"}
+    store.gate = asyncio.Event()
+    taken = [commit.submit(draft(t)) for t in "ab"]
+    await store.entered.wait()
+    after = commit.submit(draft("c"))
+    store.gate.set()
+    # Batches are handled one after the other: once "c" is answered, the one before was handled.
+    assert (await after).text == "c"
+    assert listener.stored == [["a", "b"], ["c"]] and all(f.done() for f in taken)
+    assert [(await future).text for future in taken] == ["a", "b"]
+    assert commit.stats.unexpected == 0
 
 
 @pytest.mark.parametrize("user", [
@@ -189,12 +249,12 @@ async def test_unicode_that_cannot_be_sent_fails_at_once(
     parts: tuple[GroupCommit, Store, Listener], user: User
 ) -> None:
     """A lone surrogate in the text, user id, name or avatar fails that draft with Unstorable at
-    submission: nothing reaches the store."""
+    submission, saying it is not valid Unicode: nothing reaches the store."""
     commit, store, _ = parts
     for bad in (draft("a\ud800"), draft("a", user)):
         future = commit.submit(bad)
         assert future.done()
-        with pytest.raises(Unstorable):
+        with pytest.raises(Unstorable, match=exactly("the message is not valid Unicode text")):
             await future
     assert store.batches == []
 
@@ -218,14 +278,14 @@ async def test_not_started_and_stopped_refuse_drafts(caplog: pytest.LogCaptureFi
     store, listener = Store(), Listener()
     commit = GroupCommit(store, listener.on_stored, listener.on_failed)
     assert not commit.running and commit.problem() is None
-    with pytest.raises(BrokerUnavailable, match="not running"):
+    with pytest.raises(BrokerUnavailable, match=exactly("the publisher is not running")):
         await commit.submit(draft("early"))
     commit.start("test-publisher")
     assert commit.running and commit.problem() is None
     assert (await commit.submit(draft("a"))).text == "a"
     await commit.stop()
     assert not commit.running and commit.problem() is None
-    with pytest.raises(BrokerUnavailable, match="shutting down"):
+    with pytest.raises(BrokerUnavailable, match=SHUTTING_DOWN):
         await commit.submit(draft("late"))
     assert store.batches == [["a"]]
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
@@ -244,7 +304,7 @@ async def test_stop_stores_what_is_queued_first() -> None:
 
 async def test_stop_gives_up_on_a_stuck_store() -> None:
     """A store that never answers is abandoned after stop's timeout: the batch in flight and
-    everything still queued fail with BrokerUnavailable."""
+    everything still queued fail with BrokerUnavailable: the server is shutting down."""
     store, listener = Store(), Listener()
     store.gate = asyncio.Event()  # never set
     commit = GroupCommit(store, listener.on_stored, listener.on_failed, max_batch=1)
@@ -254,7 +314,7 @@ async def test_stop_gives_up_on_a_stuck_store() -> None:
     queued = commit.submit(draft("b"))
     await commit.stop(timeout=0.05)
     for future in (in_flight, queued):
-        with pytest.raises(BrokerUnavailable, match="shutting down"):
+        with pytest.raises(BrokerUnavailable, match=SHUTTING_DOWN):
             await future
     assert not commit.running and listener.stored == []
 
@@ -273,12 +333,12 @@ async def test_a_publisher_that_was_cancelled_is_a_problem() -> None:
     await store.entered.wait()
     task = next(t for t in asyncio.all_tasks() if t.get_name() == "test-publisher")
     task.cancel()
-    with pytest.raises(BrokerUnavailable, match="shutting down"):
+    with pytest.raises(BrokerUnavailable, match=SHUTTING_DOWN):
         await future
     await asyncio.wait((task,))
     assert not commit.running
     assert commit.problem() == "the publisher has stopped"
-    with pytest.raises(BrokerUnavailable, match="not running"):
+    with pytest.raises(BrokerUnavailable, match=exactly("the publisher is not running")):
         await commit.submit(draft("b"))
     await commit.stop()
     assert commit.problem() is None
@@ -291,8 +351,8 @@ class Fatal(BaseException):
 
 
 async def test_a_publisher_that_died_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    """A loop that dies of an error nothing catches is logged as an error with its traceback,
-    and reported stopped."""
+    """A loop that dies of an error nothing catches is logged as an error that names it, with its
+    traceback, and reported stopped."""
 
     async def fatal(drafts: list[Draft]) -> list[Event]:
         raise Fatal("boom")
@@ -306,6 +366,8 @@ async def test_a_publisher_that_died_is_logged(caplog: pytest.LogCaptureFixture)
     assert commit.problem() == "the publisher has stopped"
     errors = [r for r in caplog.records if r.name == "revchat.broker" and r.levelno == logging.ERROR]
     assert len(errors) == 1 and errors[0].exc_info is not None and errors[0].exc_info[1] is task.exception()
+    message = errors[0].getMessage()
+    assert "the publisher stopped" in message and "boom" in message
     future.cancel()  # its batch died with the loop (only stop() or an Exception answers it)
 
 
@@ -360,6 +422,6 @@ async def test_stop_gives_up_during_a_draft_by_draft_retry() -> None:
     await asyncio.wait_for(retrying.wait(), 5)
     await commit.stop(timeout=0.01)
     for future in futures:
-        with pytest.raises(BrokerUnavailable, match="shutting down"):
+        with pytest.raises(BrokerUnavailable, match=SHUTTING_DOWN):
             await future
     assert commit.stats.unexpected == 0

@@ -4,7 +4,8 @@ presence, resume, typing and shutdown."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -12,7 +13,8 @@ import pytest
 from revchat.backends.memory import MemoryBroker, MemoryHistory
 from revchat.core.codes import SIGNED_OUT, SLOW_CONSUMER
 from revchat.core.engine import Closing, Engine, Limits, RateLimited
-from revchat.core.events import User
+from revchat.core.events import Draft, Event, User
+from revchat.core.history import HistoryUnavailable
 from tests.support.sink import Sink, line_frame
 
 ANN = User("guest:ann", "Ann")
@@ -410,3 +412,65 @@ async def test_the_broker_is_asked_for_events_after_the_last_one_loaded() -> Non
                             ("subscribe", "lobby", newest.id), ("unsubscribe", "lobby", None)]
     assert engine.faults is broker.faults
     await broker.close()
+
+
+async def test_a_live_room_caches_its_last_100_events() -> None:
+    """Once a room holds more than 200 events it keeps its last 100 (more than the archive): a
+    resume from the oldest of those is served from the cache, one from just before it is not
+    resumed when the store no longer keeps it."""
+    engine = await open_engine(MemoryHistory(keep=3), archive_size=2)
+    sub = await engine.subscribe("lobby", ANN, Sink())
+    said = [await engine.say(sub, f"m{i}") for i in range(200)]  # with the join, 201 events
+    for since, resumed in ((said[100].id, True), (said[99].id, False)):
+        late = Sink()
+        await engine.subscribe("lobby", BOB, late, since=since)
+        assert (await late.wait_for(1))[0]["resumed"] is resumed
+    await engine.broker.close()
+
+
+async def test_a_resume_of_exactly_the_limit_is_read_whole_from_the_store() -> None:
+    """A resume of exactly resume_limit events older than the cache has every one of them as the
+    store has it: once the store forgot a user (a data deletion on another worker), none of them
+    shows the name this worker's cache still holds."""
+    engine = await open_engine(resume_limit=150, archive_size=5)
+    ann = await engine.subscribe("lobby", ANN, Sink())
+    said = [await engine.say(ann, f"m{i}") for i in range(160)]
+    await engine.cancel(ann)  # let go: opened again it caches the last 100
+    await engine.subscribe("lobby", ANN, Sink())  # her join makes 150 events after said[11]
+    await engine.broker.history.forget_user(ANN.id)  # the store only, as another worker does
+    late = Sink()
+    await engine.subscribe("lobby", BOB, late, since=said[11].id)
+    welcome = (await late.wait_for(1))[0]
+    assert welcome["resumed"] is True and len(welcome["archive"]) == 150
+    assert {e["user"]["name"] for e in welcome["archive"]} == {"Deleted user"}
+    await engine.broker.close()
+
+
+class OutageHistory(MemoryHistory):
+    """A memory store that refuses every write while ``down``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def append(self, drafts: Sequence[Draft]) -> list[Event]:
+        if self.down:
+            raise HistoryUnavailable("the test's store is down")
+        return await super().append(drafts)
+
+
+async def test_a_join_or_leave_not_stored_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    """A join or leave the store cannot take fails neither the subscribe nor the cancel: each is
+    logged as a warning naming the user, the room and why."""
+    history = OutageHistory()
+    engine = await open_engine(history)
+    history.down = True
+    sink = Sink()
+    with caplog.at_level(logging.WARNING, logger="revchat.engine"):
+        await engine.cancel(await engine.subscribe("lobby", ANN, sink))
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "revchat.engine"] == [
+        (logging.WARNING, f"{kind} of guest:ann in lobby not published: history is unavailable")
+        for kind in ("join", "leave")]
+    assert kinds(sink.frames()) == ["welcome"]
+    assert "lobby" not in engine.rooms and engine.quota.held(ANN.id) == 0
+    await engine.broker.close()

@@ -86,3 +86,11 @@ def test_welcome_and_typing_frames() -> None:
 def test_stored_room_name(raw: str, stored: str | None) -> None:
     """A room name is 1-64 letters, digits, - and _, stored in lower case; anything else is None."""
     assert stored_room_name(raw) == stored
+
+
+@pytest.mark.parametrize("bad_id", ["", "x", "1-", "-1", "1-2-3", str(2**64)])
+def test_event_refuses_a_malformed_id(bad_id: str) -> None:
+    """An event whose id is not one or two 64-bit numbers is a ValueError that names the id."""
+    with pytest.raises(ValueError) as caught:
+        Event("message", bad_id, "lobby", ANN, 7, "hi")
+    assert str(caught.value) == f"malformed event id {bad_id!r}"

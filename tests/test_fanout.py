@@ -4,6 +4,7 @@ a broker hands over twice, the room's cache, slow and vanished sockets, and fram
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -53,6 +54,25 @@ def texts(sink: Sink) -> list[str]:
 
 def message(n: int, room: str = "lobby") -> Event:
     return Event("message", str(n), room, ANN, n, f"m{n}")
+
+
+def held(write_delay: float) -> tuple[Fanout, Room, Sink]:
+    """A fan-out holding room "lobby" with one subscriber, whose sink it returns."""
+    fanout = Fanout(frame=line_frame, queue_size=10_000, write_delay=write_delay, cache=10)
+    room = fanout.rooms["lobby"] = Room("lobby")
+    sink = Sink()
+    room.subs.add(Subscription(room, ANN, sink))
+    return fanout, room, sink
+
+
+class FrozenClock:
+    """The fan-out's monotonic clock stopped at one instant, so a quiet spell can end exactly now."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
 
 
 async def test_counters_count_events_deliveries_and_writes() -> None:
@@ -146,6 +166,38 @@ async def test_a_busy_room_waits_for_its_write_delay() -> None:
     await engine.broker.close()
 
 
+@pytest.mark.parametrize("quiet_until", [0.0, 1000.0], ids=["long-quiet", "quiet-ends-now"])
+async def test_a_due_frame_is_written_first_on_the_next_loop_pass(
+    monkeypatch: pytest.MonkeyPatch, quiet_until: float,
+) -> None:
+    """A frame whose room's quiet spell is over (long ago, or at this very instant) is queued
+    like a callback, not as a timer: it goes out first on the next loop pass, in a write of its
+    own, and an event the loop hands over after it goes in the next write."""
+    monkeypatch.setattr("revchat.core.fanout.time", FrozenClock(1000.0))
+    fanout, room, sink = held(write_delay=0.0)
+    room.quiet_until = quiet_until
+    fanout.deliver([message(1)])
+    asyncio.get_running_loop().call_soon(fanout.deliver, [message(2)])
+    await sink.until(lambda: len(texts(sink)) == 2)
+    assert texts(sink) == ["m1", "m2"] and sink.writes == 2
+
+
+async def test_an_explicit_flush_leaves_no_flush_scheduled() -> None:
+    """Events arriving while a flush is scheduled join it rather than scheduling another, so a
+    flush done early (before a typing notice or an error) leaves none behind: the next event
+    waits for its write_delay."""
+    fanout, room, sink = held(write_delay=60.0)
+    fanout.deliver([message(1)])  # a quiet room: flush on the next loop pass
+    fanout.deliver([message(2)])
+    fanout._flush(room)
+    fanout.deliver([message(3)])
+    for _ in range(5):
+        await asyncio.sleep(0)  # loop passes: nothing is due for 60 s
+    assert texts(sink) == ["m1", "m2"] and sink.writes == 1 and len(room.pending) == 1
+    assert room.flush is not None
+    room.flush.cancel()
+
+
 async def test_every_slow_consumer_of_one_flush_is_dropped() -> None:
     """Two subscribers over their bound in the same flush are both closed as slow consumers and counted,
     and the one keeping up is not; a buffer exactly at the bound is not over it."""
@@ -183,6 +235,22 @@ async def test_a_single_write_exactly_at_the_bound_keeps_the_socket(engine: Engi
     engine.typing(typist)
     assert exact.closed is None and exact.unsent == 10_000
     assert over.closed == SLOW_CONSUMER.args
+
+
+async def test_a_slow_consumer_is_logged_with_its_user_and_room(
+    engine: Engine, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Closing a slow consumer logs, at INFO on revchat.engine, which user in which room."""
+    caplog.set_level(logging.INFO, logger="revchat.engine")
+    typist = await engine.subscribe("lobby", ANN, Sink())
+    slow = Sink(stalled=True)
+    await engine.subscribe("lobby", BOB, slow)
+    engine._flush(engine.rooms["lobby"])
+    slow.unsent = 20_000
+    engine.typing(typist)
+    assert slow.closed == SLOW_CONSUMER.args
+    assert [r.getMessage() for r in caplog.records if r.name == "revchat.engine"] == [
+        "closing slow consumer guest:bob in lobby"]
 
 
 async def test_a_vanished_transport_is_dropped_without_a_close(engine: Engine) -> None:
@@ -230,6 +298,26 @@ async def test_a_joiner_over_its_bound_is_dropped() -> None:
     writes = late.writes
     engine._flush(room)
     assert late.writes == writes and all(s.sink is not late for s in room.subs)
+    await engine.broker.close()
+
+
+async def test_a_joiner_whose_welcome_holds_every_pending_frame_gets_no_other_write() -> None:
+    """A socket welcomed while frames are pending, whose welcome already holds them all (a
+    user's second socket: no join of its own), gets no other write at the flush, and receives
+    the events after it."""
+    engine = await open_engine(queue_size=10_000, write_delay=60.0)
+    ann = await engine.subscribe("lobby", ANN, Sink())
+    await engine.say(ann, "pending")
+    room = engine.rooms["lobby"]
+    second = Sink()
+    joined = await engine.subscribe("lobby", ANN, second)
+    assert room.joining == {joined: len(room.pending)}
+    assert second.frames()[0]["archive"][-1]["text"] == "pending"
+    engine._flush(room)
+    assert second.writes == 1 and joined in room.subs
+    await engine.say(ann, "after")
+    engine._flush(room)
+    assert second.writes == 2 and texts(second) == ["after"]
     await engine.broker.close()
 
 

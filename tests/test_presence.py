@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from revchat.backends.redis_presence import Change, RedisPresence, _changes
 from revchat.core.events import User
@@ -116,6 +117,49 @@ async def test_the_heartbeat_lasts_the_heartbeat_interval(client: aioredis.Redis
     await w.beat([])
     first = await client.pttl(f"{prefix}:worker:w1")
     assert 29_000 < first <= 30_000
+    synced = await client.get(f"{prefix}:worker:w1")
     await client.pexpire(f"{prefix}:worker:w1", 5_000)
-    await w.beat([])  # a plain refresh (nothing to resync) sets it back
+    await w.beat([])  # a plain refresh (nothing to resync) sets it back, to what a resync writes
     assert 29_000 < await client.pttl(f"{prefix}:worker:w1") <= 30_000
+    assert await client.get(f"{prefix}:worker:w1") == synced
+
+
+async def test_a_heartbeat_under_a_millisecond_still_registers(client: aioredis.Redis, prefix: str) -> None:
+    """A heartbeat under a millisecond gives the shortest TTL, 1 ms, never 0 (a TTL of 0
+    unregisters the worker): a beat still lists it among the workers."""
+    w = RedisPresence(client, prefix=prefix, worker="w1", heartbeat=0.0004)
+    assert w.ttl == 1
+    await w.beat([])
+    assert await client.sismember(f"{prefix}:workers", "w1")
+
+
+async def test_a_plain_beat_trusts_redis_while_the_heartbeat_lives(
+    client: aioredis.Redis, prefix: str
+) -> None:
+    """While the heartbeat lives and no count failed, a beat only refreshes it and does not
+    re-register the sockets; a forced one does."""
+    w = worker(client, prefix)
+    await w.connected("lobby", ANN)
+    await resync(w)
+    await client.delete(f"{prefix}:presence:lobby", f"{prefix}:users:lobby", f"{prefix}:sockets:w1")
+    changes: list[Change] = []
+    await w.beat(changes)
+    assert changes == []
+    assert await resync(w) == [("join", "lobby", ANN)]
+
+
+async def test_a_failed_resync_is_retried_by_the_next_beat(client: aioredis.Redis, prefix: str) -> None:
+    """A socket whose count failed in Redis is put back by a later beat while the heartbeat
+    lives, even when the first resync fails too."""
+    w = worker(client, prefix)
+    await resync(w)
+    await client.set(f"{prefix}:presence:lobby", "not a hash")  # every count in lobby fails
+    with pytest.raises(ResponseError):
+        await w.connected("lobby", ANN)
+    with pytest.raises(ResponseError):
+        await w.beat([])
+    await client.delete(f"{prefix}:presence:lobby")
+    changes: list[Change] = []
+    await w.beat(changes)
+    assert changes == [("join", "lobby", ANN)]
+    assert await w.members("lobby") == [ANN]

@@ -60,6 +60,7 @@ class Recorder(Signal):
         self.events: list[Event] = []
         self.typing: list[tuple[str, User]] = []
         self.ended: list[Ended] = []
+        self.forgotten: list[str] = []
 
     def deliver(self, events: Sequence[Event]) -> None:
         self.events.extend(events)
@@ -71,6 +72,10 @@ class Recorder(Signal):
 
     def sessions_ended(self, ended: Ended) -> None:
         self.ended.append(ended)
+        self.notify()
+
+    def user_forgotten(self, user_id: str) -> None:
+        self.forgotten.append(user_id)
         self.notify()
 
     def of(self, room: str, kind: str | None = None) -> list[Event]:
@@ -244,6 +249,43 @@ async def test_forget_user_anonymises_on_read(server: RedisServer, make: Make) -
     assert users == [User(BOB.id, FORGOTTEN_NAME, None), ANN]
     page, _ = await a.history.before("r2", None, 5)
     assert page[0].user.name == FORGOTTEN_NAME
+
+
+async def test_a_user_forgotten_on_one_worker_is_forgotten_on_every_worker(
+        server: RedisServer, make: Make) -> None:
+    """Data deletion on one worker reaches every worker's listener, once, after the store
+    already reads the user anonymised."""
+    a, b = await make(server.url), await make(server.url)
+    await a.publish(draft("r1", "hi", BOB))
+    assert await a.forget_user(BOB.id) == 1
+    for broker in (a, b):
+        recorder: Recorder = broker.listener  # type: ignore[assignment]
+        await eventually(lambda r=recorder: r.forgotten == [BOB.id])  # type: ignore[misc]
+    assert [e.user for e in await b.history.recent("r1", 5)] == [User(BOB.id, FORGOTTEN_NAME, None)]
+
+
+async def test_a_room_held_on_another_worker_shows_the_forgotten_user_anonymised(
+        server: RedisServer, make: Make) -> None:
+    """Facebook's data deletion arrives on worker one; worker two holds the room with the user's
+    message in its cache: its next joiner sees the placeholder name, not the deleted one."""
+    a = await make(server.url, listen=False)
+    b = await make(server.url, listen=False)
+    limits = Limits(rate=0, write_delay=0)
+    one, two = Engine(a, limits, frame=line_frame), Engine(b, limits, frame=line_frame)
+    bob_1, ann_2 = Sink(), Sink()
+    sub_bob = await one.subscribe("lobby", BOB, bob_1)
+    sub_ann = await two.subscribe("lobby", ANN, ann_2)
+    await one.say(sub_bob, "remember me")
+    await ann_2.count("message", 1)
+    await one.forget_user(BOB.id)
+    await eventually(lambda: all(e.user.name == FORGOTTEN_NAME
+                                 for e in two.rooms["lobby"].recent if e.user.id == BOB.id))
+    joiner = Sink()
+    sub_cy = await two.subscribe("lobby", User("guest:cy", "Cy"), joiner)
+    authors = {f["user"]["name"] for f in joiner.frames()[0]["archive"] if f["user"]["id"] == BOB.id}
+    assert authors == {FORGOTTEN_NAME}
+    for engine, sub in ((two, sub_cy), (two, sub_ann), (one, sub_bob)):
+        await engine.cancel(sub)
 
 
 async def test_maxlen_trims_streams(server: RedisServer, make: Make, prefix: str) -> None:

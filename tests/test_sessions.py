@@ -420,3 +420,46 @@ def test_now_ms_is_unix_milliseconds() -> None:
     """now_ms is the wall clock in Unix milliseconds, the unit of every issue time and cut-off."""
     before = int(time.time() * 1000)
     assert before - 1 <= now_ms() <= int(time.time() * 1000) + 1
+
+
+def test_a_new_session_id_is_16_random_bytes_in_url_safe_base64() -> None:
+    """A new session's id is 128 random bits as URL-safe base64: 22 characters of A-Z, a-z, 0-9, - and _,
+    different for every session."""
+    ids = [new_session(User("guest:abc", "Ann"), now=NOW).id for _ in range(50)]
+    assert all(len(sid) == 22 and set(sid) <= set(string.ascii_letters + string.digits + "-_") for sid in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_ended_json_is_compact() -> None:
+    """to_json is compact JSON, no spaces after separators: what a worker publishes to the others."""
+    ended = Ended(sessions={"s1": 1, "s2": 2}, users={"guest:abc": 3})
+    assert ended.to_json() == '{"sessions":{"s1":1,"s2":2},"users":{"guest:abc":3}}'
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[" * 3000, "not an Ended value: nested too deep"),
+    ('{"sessions":' * 3000, "not an Ended value: nested too deep"),
+    ("[]", "not an Ended value"),
+    ('{"sessions":{}}', "not an Ended value"),
+    ('{"sessions":{},"users":[]}', "not an Ended value"),
+    ('{"sessions":{"s":1.5},"users":{}}', "an Ended value's times are whole numbers"),
+    ('{"sessions":{},"users":{"u":true}}', "an Ended value's times are whole numbers"),
+])
+def test_ended_from_json_says_what_is_wrong(text: str, message: str) -> None:
+    """Each refusal of from_json is a ValueError whose message names what is wrong: too deep a
+    nesting, not the Ended shape, or a time that is not a whole number."""
+    with pytest.raises(ValueError) as caught:
+        Ended.from_json(text)
+    assert str(caught.value) == message
+
+
+@given(now=st.integers(SessionBook.PRUNE_EVERY, 2**50))
+@example(now=SessionBook.PRUNE_EVERY)
+def test_a_new_books_first_apply_sweeps(now: int) -> None:
+    """A book never swept sweeps on its first apply (at any time from PRUNE_EVERY after the epoch):
+    what it is given already expired is dropped at once, what has not is kept."""
+    horizon = now - SESSION_MAX_AGE * 1000
+    book = SessionBook()
+    book.apply(Ended(sessions={"gone": now - 1, "kept": now}, users={"old": horizon - 1, "new": horizon}),
+               now=now)
+    assert book.snapshot() == Ended(sessions={"kept": now}, users={"new": horizon})

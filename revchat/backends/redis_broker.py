@@ -230,7 +230,7 @@ class RedisBroker(Broker):
     async def _typing_loop(self) -> None:
         await self._retrying("typing", functools.partial(
             self.notices.listen, relay=self._relay, ended=self._tell_ended,
-            kept=self.history.ended_sessions), health=False)
+            forgotten=self._tell_forgotten, kept=self.history.ended_sessions), health=False)
 
     def _relay(self, room: str, user: User) -> None:
         if self.listener is not None:
@@ -240,6 +240,12 @@ class RedisBroker(Broker):
         """Keep ``ended`` in Redis, end the sessions here, and tell the other workers."""
         await super().end_sessions(ended)
         await self.notices.send_ended(ended)
+
+    async def forget_user(self, user_id: str) -> int:
+        """Anonymise the user in Redis and here, and tell the other workers."""
+        count = await super().forget_user(user_id)
+        await self.notices.send_forgotten(user_id)
+        return count
 
     # -- presence ---------------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 """What the Redis broker's workers tell each other without storing it, over pub/sub:
 
 * ``{p}:typing`` carries typing notices (best effort: a lost one only hides an indicator);
+* ``{p}:forgotten`` announces a user whose data was deleted (already anonymised in Redis), so
+  every worker anonymises its cached copies too;
 * ``{p}:ended`` announces sessions ended on the server. They are kept in Redis first
   (:meth:`revchat.backends.redis_history.RedisHistory.end_sessions`), so a worker that was not
   listening reads them all again each time it (re)subscribes.
@@ -35,6 +37,7 @@ class RedisNotices:
         self.worker = worker
         self.typing_channel = f"{prefix}:typing"
         self.ended_channel = f"{prefix}:ended"
+        self.forgotten_channel = f"{prefix}:forgotten"
 
     async def send_typing(self, room: str, user: User) -> None:
         """Tell the other workers ``user`` is typing in ``room``; nothing if Redis is down."""
@@ -50,13 +53,23 @@ class RedisNotices:
         except ERRORS as exc:
             log.warning("ended sessions not announced: %s", one_line(exc))
 
+    async def send_forgotten(self, user_id: str) -> None:
+        """Announce a user already anonymised in Redis; a failure is logged, not raised (the
+        others show the stored, anonymised events once they load their rooms again)."""
+        try:
+            await self._redis.publish(self.forgotten_channel, user_id)
+        except ERRORS as exc:
+            log.warning("data deletion not announced: %s", one_line(exc))
+
     async def listen(self, *, relay: Callable[[str, User], None], ended: Callable[[Ended], None],
+                     forgotten: Callable[[str], None],
                      kept: Callable[[], Awaitable[Ended]]) -> None:
-        """Until cancelled or Redis fails: hand other workers' typing notices to ``relay`` and
-        every ended session to ``ended``, starting with all that ``kept`` returns (some may have
-        been ended while this worker was not listening). Malformed messages are skipped."""
+        """Until cancelled or Redis fails: hand other workers' typing notices to ``relay``, every
+        ended session to ``ended`` (starting with all that ``kept`` returns: some may have been
+        ended while this worker was not listening) and every user whose data was deleted
+        elsewhere to ``forgotten``. Malformed messages are skipped."""
         async with self._reader.pubsub(ignore_subscribe_messages=True) as pubsub:
-            await pubsub.subscribe(self.typing_channel, self.ended_channel)
+            await pubsub.subscribe(self.typing_channel, self.ended_channel, self.forgotten_channel)
             try:
                 ended(await kept())
             except HistoryUnavailable as exc:
@@ -65,6 +78,9 @@ class RedisNotices:
                 try:
                     if message["channel"] == self.ended_channel:
                         ended(Ended.from_json(message["data"]))
+                        continue
+                    if message["channel"] == self.forgotten_channel:
+                        forgotten(str(message["data"]))
                         continue
                     notice = json.loads(message["data"])
                     if notice["worker"] != self.worker:

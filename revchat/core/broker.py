@@ -37,6 +37,9 @@ class Listener(Protocol):
     def sessions_ended(self, ended: Ended) -> None:
         """Sessions ended on the server (on any worker): refuse them from now on."""
 
+    def user_forgotten(self, user_id: str) -> None:
+        """A user's data was deleted (on any worker): show them anonymised from now on."""
+
 
 class Broker(ABC):
     """Publishes events and feeds the engine every event of its rooms in order; its
@@ -112,6 +115,18 @@ class Broker(ABC):
     def _tell_ended(self, ended: Ended) -> None:
         if self.listener is not None:
             self.listener.sessions_ended(ended)
+
+    async def forget_user(self, user_id: str) -> int:
+        """Anonymise ``user_id`` in the store, then have every worker's listener show them
+        anonymised (their cached events and member entries); return how many stored events
+        changed. Raises what the history raises when the store cannot be written."""
+        count = await self.history.forget_user(user_id)
+        self._tell_forgotten(user_id)
+        return count
+
+    def _tell_forgotten(self, user_id: str) -> None:
+        if self.listener is not None:
+            self.listener.user_forgotten(user_id)
 
     def problem(self) -> str | None:
         """Why the broker cannot be used now, or None when it is healthy (``/healthz``).

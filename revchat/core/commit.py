@@ -159,13 +159,15 @@ class GroupCommit:
             raise RuntimeError(f"the store returned {len(events)} events for {len(batch)} drafts")
         self.stats.batches += 1
         self.stats.events += len(events)
-        try:
-            self._stored(events)
-        except Exception as exc:  # stored all the same: the publishers must hear so
-            self._unexpected("delivering a batch", exc)
+        # The publishers are answered first: whatever the listener does with the list, each
+        # hears of its own stored event (their code runs only after this returns).
         for (_, future), event in zip(batch, events, strict=True):
             if not future.done():
                 future.set_result(event)
+        try:
+            self._stored(events)
+        except Exception as exc:  # stored all the same: the publishers have heard so
+            self._unexpected("delivering a batch", exc)
 
     def _unavailable(self, batch: list[tuple[Draft, asyncio.Future[Event]]],
                      exc: HistoryUnavailable) -> None:
@@ -189,8 +191,8 @@ class GroupCommit:
         if task.cancelled() or self._stopping:
             return
         exc = task.exception()
-        log.error("the publisher stopped: %s", one_line(exc) if exc else "it returned",
-                  exc_info=exc)
+        if exc is not None:  # it returns only once stopping
+            log.error("the publisher stopped: %s", one_line(exc), exc_info=exc)
 
 
 def storable_draft(draft: Draft) -> bool:

@@ -292,10 +292,12 @@ class Engine(Fanout):
         return int(self.clock() * 1000)
 
     async def forget_user(self, user_id: str) -> int:
-        """Anonymise a user's name and avatar in the store and in the rooms held here
+        """Anonymise a user's name and avatar in the store and in the rooms every worker holds
         (Facebook's data deletion); return how many stored events changed."""
-        count = await self.broker.history.forget_user(user_id)
+        return await self.broker.forget_user(user_id)
+
+    def user_forgotten(self, user_id: str) -> None:
+        """Called by the broker on every worker: show the user anonymised in the rooms held."""
         anonymous = forgotten_user(user_id)
         for room in self.rooms.values():
             room.forget(anonymous)
-        return count

@@ -45,7 +45,8 @@ SECURITY_HEADERS = {
 def create_app(settings: Settings, name: str = "revchat") -> App:
     """A configured revchat app; its engine, broker and history open when the server starts."""
     if not settings.secret_key:
-        raise ValueError("settings.secret_key is empty: call config.ensure_secret_key() first")
+        raise ValueError("settings.secret_key is empty: call "
+                         "revchat.settings.startup.ensure_secret_key() first")
     redact.install()
     app = Sanic(name, ctx=Context(
         settings=settings,
