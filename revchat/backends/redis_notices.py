@@ -29,7 +29,7 @@ ERRORS = (RedisError, OSError)
 
 
 class RedisNotices:
-    """One worker's end of the two channels; ``reader`` is a connection that may block."""
+    """One worker's end of the three channels; ``reader`` is a connection that may block."""
 
     def __init__(self, client: Redis, reader: Redis, *, prefix: str, worker: str) -> None:
         self._redis = client

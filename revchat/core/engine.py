@@ -277,7 +277,7 @@ class Engine(Fanout):
 
     def sessions_ended(self, ended: Ended) -> None:
         """Called by the broker on every worker: refuse these sessions from now on and close
-        the sockets that use them (1008 "signed out")."""
+        the sockets that use them (4401 "signed out")."""
         self.sessions.apply(ended)
         for room in list(self.rooms.values()):
             gone = [sub for sub in (*room.subs, *room.joining)

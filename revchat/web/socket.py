@@ -65,7 +65,7 @@ async def socket(request: Request, ws: WebsocketImplProtocol, room: str) -> None
         await ws.close(*SIGNED_OUT.args)
         return
     except Unavailable as exc:
-        # The page retries with backoff; 1013 is "try again later".
+        # The page retries with backoff; 4503 says "try again later".
         log.warning("socket for %s refused: %s", room, exc)
         await ws.close(*UNAVAILABLE.args)
         return
