@@ -43,3 +43,14 @@ def test_no_module_is_huge() -> None:
     sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines())
              for p in PACKAGE.rglob("*.py")}
     assert {name: n for name, n in sizes.items() if n > 320} == {}
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    """docs/architecture.md stays a map of the code: every module of every layer is named there
+    (as `file.py` or `layer/file.py`), so a new module comes with its line on the page."""
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    missing = [f"{layer}/{path.name}" for layer in sorted(LAYERS)
+               for path in sorted((PACKAGE / layer).glob("*.py")) if path.name != "__init__.py"
+               and f"`{path.name}`" not in page and f"`{layer}/{path.name}`" not in page
+               and f"{path.name}`" not in page]
+    assert missing == [], f"docs/architecture.md does not name {missing}"
