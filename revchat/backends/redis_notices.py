@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from revchat.core.errors import one_line
@@ -38,6 +38,13 @@ class RedisNotices:
         self.typing_channel = f"{prefix}:typing"
         self.ended_channel = f"{prefix}:ended"
         self.forgotten_channel = f"{prefix}:forgotten"
+
+    def _raw_reader(self) -> Redis:
+        """A client like ``reader`` (same server, options and TLS) that does not decode replies;
+        closing it closes its connections."""
+        pool = self._reader.connection_pool
+        options = {**pool.connection_kwargs, "decode_responses": False}
+        return Redis.from_pool(ConnectionPool(connection_class=pool.connection_class, **options))
 
     async def send_typing(self, room: str, user: User) -> None:
         """Tell the other workers ``user`` is typing in ``room``; nothing if Redis is down."""
@@ -68,22 +75,28 @@ class RedisNotices:
         ended session to ``ended`` (starting with all that ``kept`` returns: some may have been
         ended while this worker was not listening) and every user whose data was deleted
         elsewhere to ``forgotten``. Malformed messages are skipped."""
-        async with self._reader.pubsub(ignore_subscribe_messages=True) as pubsub:
-            await pubsub.subscribe(self.typing_channel, self.ended_channel, self.forgotten_channel)
+        channels = {name.encode(): name for name in
+                    (self.typing_channel, self.ended_channel, self.forgotten_channel)}
+        # A client of its own that hands over bytes: a payload that is not UTF-8 is then one
+        # message to skip, where a decoding client fails inside the iteration and the
+        # subscription with it (and what is published while it starts over is lost).
+        async with self._raw_reader() as client, \
+                client.pubsub(ignore_subscribe_messages=True) as pubsub:
+            await pubsub.subscribe(*channels.values())
             try:
                 ended(await kept())
             except HistoryUnavailable as exc:
                 raise ConnectionError(str(exc)) from exc  # start over, like any Redis error
             async for message in pubsub.listen():
                 try:
-                    if message["channel"] == self.ended_channel:
-                        ended(Ended.from_json(message["data"]))
-                        continue
-                    if message["channel"] == self.forgotten_channel:
-                        forgotten(str(message["data"]))
-                        continue
-                    notice = json.loads(message["data"])
-                    if notice["worker"] != self.worker:
-                        relay(str(notice["room"]), User.from_dict(notice["user"]))
-                except (KeyError, TypeError, ValueError, AttributeError):
-                    continue
+                    channel, data = channels.get(message["channel"]), message["data"].decode()
+                    if channel == self.ended_channel:
+                        ended(Ended.from_json(data))
+                    elif channel == self.forgotten_channel:
+                        forgotten(data)
+                    elif channel == self.typing_channel:
+                        notice = json.loads(data)
+                        if notice["worker"] != self.worker:
+                            relay(str(notice["room"]), User.from_dict(notice["user"]))
+                except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
+                    continue  # ValueError covers UnicodeDecodeError and bad JSON
