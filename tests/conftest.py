@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -54,3 +55,16 @@ def shared_redis() -> Iterator[RedisServer]:
     """One redis-server for a whole test module, for tests that keep apart by key prefix."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture
+def own_server() -> Iterator[RedisServer]:
+    """A redis-server this test may kill; it keeps its data across a kill (append-only file)."""
+    with RedisServer(persist=True) as server:
+        yield server
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A Redis key prefix of the test's own, so tests can share one server."""
+    return f"t{secrets.token_hex(4)}"

@@ -3,7 +3,6 @@ what a worker's own count of its sockets puts back on a resync, and what leaving
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 
 import pytest
@@ -31,11 +30,6 @@ async def client(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     redis = aioredis.Redis.from_url(server.url, decode_responses=True, protocol=2)  # as the broker's
     yield redis
     await redis.aclose()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"p{secrets.token_hex(4)}"
 
 
 def worker(client: aioredis.Redis, prefix: str, name: str = "w1") -> RedisPresence:

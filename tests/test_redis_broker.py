@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -99,19 +98,6 @@ def draft(room: str, text: str, user: User = ANN, kind: str = "message") -> Draf
 @pytest.fixture(scope="module")
 def server(shared_redis: RedisServer) -> RedisServer:
     return shared_redis
-
-
-@pytest.fixture
-def own_server() -> Iterator[RedisServer]:
-    """A server this test may kill; it keeps its data across a kill (append-only file)."""
-    require_redis_server()
-    with RedisServer(persist=True) as running:
-        yield running
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"t{secrets.token_hex(4)}"
 
 
 Make = Callable[..., Awaitable[RedisBroker]]

@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -28,7 +28,7 @@ from revchat.backends.redis_notices import RedisNotices
 from revchat.backends.redis_reader import RedisReader
 from revchat.core.events import Draft, Event, User
 from revchat.core.sessions import Ended, now_ms
-from tests.support.redis_server import RedisServer, require_redis_server
+from tests.support.redis_server import RedisServer
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.redis
@@ -54,19 +54,6 @@ def channel(prefix: str, kind: str) -> str:
 @pytest.fixture(scope="module")
 def server(shared_redis: RedisServer) -> RedisServer:
     return shared_redis
-
-
-@pytest.fixture
-def own_server() -> Iterator[RedisServer]:
-    """A server this test may kill; it keeps its data across a kill (append-only file)."""
-    require_redis_server()
-    with RedisServer(persist=True) as running:
-        yield running
-
-
-@pytest.fixture
-def prefix() -> str:
-    return new_prefix()
 
 
 async def subscribers(url: str, name: str) -> int:
