@@ -13,6 +13,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from revchat.settings.config import Settings
+from tests.support.brokers import Make, brokers
 from tests.support.live import Live, live_server, make_settings
 from tests.support.redis_server import RedisServer
 
@@ -68,3 +69,10 @@ def own_server() -> Iterator[RedisServer]:
 def prefix() -> str:
     """A Redis key prefix of the test's own, so tests can share one server."""
     return f"t{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+async def make(prefix: str) -> AsyncIterator[Make]:
+    """Opens Redis broker workers on a server's URL (tests.support.brokers); closes them after."""
+    async with brokers(prefix) as make_broker:
+        yield make_broker

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,10 +18,10 @@ from revchat.backends.factory import open_broker
 from revchat.backends.redis_broker import RedisBroker
 from revchat.core.engine import Engine, Limits
 from revchat.core.errors import BrokerUnavailable
-from revchat.core.events import Draft, Event, User, id_key
+from revchat.core.events import Draft, User, id_key
 from revchat.core.history import FORGOTTEN_NAME
-from revchat.core.sessions import Ended
 from revchat.settings.config import Settings
+from tests.support.brokers import Make, Recorder, recorder
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer, require_redis_server
 from tests.support.sink import Sink, line_frame
@@ -32,57 +31,6 @@ pytestmark = pytest.mark.redis
 
 ANN = User("guest:ann", "Ann")
 BOB = User("guest:bob", "Bob", "https://example.com/bob.png")
-TIMEOUT = 15.0
-
-
-class Signal:
-    """Wakes waiters whenever something they may be waiting for changed."""
-
-    def __init__(self) -> None:
-        self._changed = asyncio.Event()
-
-    def notify(self) -> None:
-        self._changed.set()
-
-    async def until(self, predicate: Callable[[], bool]) -> None:
-        async with asyncio.timeout(TIMEOUT):
-            while not predicate():
-                await self._changed.wait()
-                self._changed.clear()
-
-
-class Recorder(Signal):
-    """A listener that keeps what a broker delivers and relays."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[Event] = []
-        self.typing: list[tuple[str, User]] = []
-        self.ended: list[Ended] = []
-        self.forgotten: list[str] = []
-
-    def deliver(self, events: Sequence[Event]) -> None:
-        self.events.extend(events)
-        self.notify()
-
-    def relay(self, room: str, user: User) -> None:
-        self.typing.append((room, user))
-        self.notify()
-
-    def sessions_ended(self, ended: Ended) -> None:
-        self.ended.append(ended)
-        self.notify()
-
-    def user_forgotten(self, user_id: str) -> None:
-        self.forgotten.append(user_id)
-        self.notify()
-
-    def of(self, room: str, kind: str | None = None) -> list[Event]:
-        return [e for e in self.events if e.room == room and kind in (None, e.type)]
-
-    async def count(self, n: int) -> None:
-        """Wait until at least ``n`` events were delivered."""
-        await self.until(lambda: len(self.events) >= n)
 
 
 def increasing(ids: Sequence[str]) -> bool:
@@ -98,33 +46,6 @@ def draft(room: str, text: str, user: User = ANN, kind: str = "message") -> Draf
 @pytest.fixture(scope="module")
 def server(shared_redis: RedisServer) -> RedisServer:
     return shared_redis
-
-
-Make = Callable[..., Awaitable[RedisBroker]]
-
-
-@pytest.fixture
-async def make(prefix: str) -> AsyncIterator[Make]:
-    """Opens brokers (workers) on a server's URL with a recorder listener; closes them after."""
-    made: list[RedisBroker] = []
-
-    async def make_broker(url: str, *, listen: bool = True, **options: Any) -> RedisBroker:
-        broker = RedisBroker(url, prefix=prefix, **options)
-        broker.retry_max = 0.3  # recover quickly in tests; production caps at 5 s
-        if listen:
-            broker.listener = Recorder()
-        await broker.open()
-        made.append(broker)
-        return broker
-
-    yield make_broker
-    for broker in made:
-        await broker.close()
-
-
-def recorder(broker: RedisBroker) -> Recorder:
-    assert isinstance(broker.listener, Recorder)
-    return broker.listener
 
 
 async def crash(broker: RedisBroker) -> None:

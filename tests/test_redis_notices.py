@@ -28,6 +28,7 @@ from revchat.backends.redis_notices import RedisNotices
 from revchat.backends.redis_reader import RedisReader
 from revchat.core.events import Draft, Event, User
 from revchat.core.sessions import Ended, now_ms
+from tests.support.brokers import Make, recorder
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import eventually
 
@@ -319,54 +320,6 @@ async def test_deeply_nested_typing_notices_are_skipped(server: RedisServer, pay
 
 
 # -- the broker's listener ----------------------------------------------------------------------
-
-
-class Recorder:
-    """A broker listener that keeps what it is told."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.typing: list[tuple[str, User]] = []
-        self.ended: list[Ended] = []
-        self.forgotten: list[str] = []
-
-    def deliver(self, events: Sequence[Event]) -> None:
-        self.events.extend(events)
-
-    def relay(self, room: str, user: User) -> None:
-        self.typing.append((room, user))
-
-    def sessions_ended(self, ended: Ended) -> None:
-        self.ended.append(ended)
-
-    def user_forgotten(self, user_id: str) -> None:
-        self.forgotten.append(user_id)
-
-
-Make = Callable[..., Awaitable[RedisBroker]]
-
-
-@pytest.fixture
-async def make(prefix: str) -> AsyncIterator[Make]:
-    """Opens brokers (workers) on a server's URL with a recorder listener; closes them after."""
-    made: list[RedisBroker] = []
-
-    async def make_broker(url: str, **options: Any) -> RedisBroker:
-        broker = RedisBroker(url, prefix=prefix, **options)
-        broker.retry_max = 0.3  # recover quickly in tests; production caps at 5 s
-        broker.listener = Recorder()
-        await broker.open()
-        made.append(broker)
-        return broker
-
-    yield make_broker
-    for broker in made:
-        await broker.close()
-
-
-def recorder(broker: RedisBroker) -> Recorder:
-    assert isinstance(broker.listener, Recorder)
-    return broker.listener
 
 
 async def all_sent(*brokers: RedisBroker) -> None:
