@@ -295,22 +295,6 @@ async def test_memory_history_forgets_everything_on_restart(tmp_path: Path) -> N
         assert page.status_code == 200
 
 
-@pytest.mark.redis
-async def test_a_session_ended_stays_ended_after_a_restart_on_redis(
-        redis: RedisServer, tmp_path: Path) -> None:
-    """With Redis as the history, a signed-out session is still refused by a new server process
-    (the list is kept in Redis), while another session works."""
-    settings = make_settings(tmp_path, broker=redis.url)
-    async with live_server(settings) as live:
-        ended, kept = await live.sign_in("Ann"), await live.sign_in("Bob")
-        async with httpx.AsyncClient(base_url=live.url) as client:
-            await client.post("/auth/logout", headers={"cookie": f"revchat_session={ended}"})
-    async with live_server(settings) as live, httpx.AsyncClient(base_url=live.url) as client:
-        refused = await client.get("/rooms/lobby", headers={"cookie": f"revchat_session={ended}"})
-        opened = await client.get("/rooms/lobby", headers={"cookie": f"revchat_session={kept}"})
-    assert refused.status_code == 302 and opened.status_code == 200
-
-
 async def test_group_commit_stores_concurrent_messages_in_fewer_batches(tmp_path: Path) -> None:
     """SQLite, four sockets saying 25 messages each at once: every event is stored and counted
     once in revchat_history_events_total, in fewer commits (revchat_history_writes_total) than

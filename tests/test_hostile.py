@@ -327,10 +327,13 @@ async def test_sign_out_on_one_server_ends_it_on_another(redis: RedisServer, tmp
         assert page.status_code == 302
 
 
-async def test_a_session_ended_stays_ended_after_a_restart(tmp_path: Path) -> None:
-    """With SQLite, a signed-out session is still refused after a restart, while another
-    session of the same server still works."""
-    settings = make_settings(tmp_path, history=f"sqlite:///{tmp_path}/h.db")
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_session_ended_stays_ended_after_a_restart(request: pytest.FixtureRequest,
+                                                            store: str, tmp_path: Path) -> None:
+    """With SQLite or Redis as the history, a signed-out session is still refused by a new
+    server process (the list is kept with the history), while another session works."""
+    redis = request.getfixturevalue("redis") if store == "redis" else None
+    settings = store_settings(store, tmp_path, redis)
     async with live_server(settings) as live:
         ended, kept = await live.sign_in("Ann"), await live.sign_in("Bob")
         async with httpx.AsyncClient(base_url=live.url) as client:
