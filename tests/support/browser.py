@@ -4,7 +4,6 @@ server that can be stopped and started again on the same port (the reconnect tes
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import uuid
@@ -17,10 +16,10 @@ from typing import Any
 import pytest
 from sanic import Sanic
 
-from revchat.core.engine import Engine
 from revchat.settings.config import Settings
+from revchat.web.adapter import Protocol as SocketProtocol
 from revchat.web.app import create_app
-from tests.support.live import Live
+from tests.support.live import Live, handlers_done, shut_down
 from tests.support.ports import free_socket
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -129,7 +128,8 @@ class Server:
         port = sock.getsockname()[1]
         settings = replace(self._settings, port=port, public_url=f"http://127.0.0.1:{port}")
         app = create_app(settings, name=f"revchat_browser_{uuid.uuid4().hex[:8]}")
-        server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False)
+        server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False,
+                                         protocol=SocketProtocol)
         assert server is not None
         await server.startup()
         await server.before_start()
@@ -149,23 +149,12 @@ class Server:
         assert self.live is not None
         # As tests.support.live.serving: a step that fails (the rooms not let go in time) still
         # closes the engine, the port and the app's registration.
+        app = self.live.app
         try:
-            try:
-                await server.before_stop()
-            finally:
-                server.close()
-                await server.wait_closed()
-            engine: Engine = self.live.app.ctx.engine
-            async with asyncio.timeout(5):
-                while engine.rooms:  # noqa: ASYNC110 - handlers finish after their sockets close
-                    await asyncio.sleep(0.01)
+            assert self._sock is not None
+            await shut_down(server, self._sock, lambda: handlers_done(app))
         finally:
-            try:
-                await server.after_stop()
-            finally:
-                if self._sock is not None:
-                    self._sock.close()
-                Sanic.unregister_app(self.live.app)
+            Sanic.unregister_app(app)
 
 
 @asynccontextmanager

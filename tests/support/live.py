@@ -119,21 +119,34 @@ async def serving(app: Sanic, sock: socket.socket,
     try:
         yield
     finally:
-        # Each step runs whatever the one before it raised: a drain that times out must not
-        # leave the engine open (after_stop) or the port bound.
+        await shut_down(server, sock, drain)
+
+
+async def shut_down(server: Any, sock: socket.socket,
+                    drain: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Stop a server :func:`serving` (or a test's own steps) started, as SIGTERM would. Each
+    step runs whatever the one before it raised: a drain that times out must not leave the
+    engine open (after_stop) or the port bound."""
+    try:
         try:
-            try:
-                await server.before_stop()
-            finally:
-                server.close()
-                await server.wait_closed()
-            if drain is not None:
-                await drain()
+            await server.before_stop()
         finally:
-            try:
-                await server.after_stop()
-            finally:
-                sock.close()
+            server.close()
+            await server.wait_closed()
+        if drain is not None:
+            await drain()
+    finally:
+        try:
+            await server.after_stop()
+        finally:
+            sock.close()
+
+
+async def handlers_done(app: Sanic) -> None:
+    """Wait (5 s at most) until the socket handlers have finished and let their rooms go, as
+    the server's own shutdown does."""
+    engine: Engine = app.ctx.engine
+    await asyncio.wait_for(engine.emptied.wait(), 5)
 
 
 @asynccontextmanager
@@ -144,11 +157,5 @@ async def live_server(settings: Settings) -> AsyncIterator[Live]:
     settings = replace(settings, port=port, public_url=f"http://127.0.0.1:{port}")
     app = create_app(settings, name=f"revchat_test_{uuid.uuid4().hex[:8]}")
 
-    async def handlers_done() -> None:
-        engine: Engine = app.ctx.engine
-        async with asyncio.timeout(5):
-            while engine.rooms:  # noqa: ASYNC110 - handlers finish after their sockets close
-                await asyncio.sleep(0.01)
-
-    async with serving(app, sock, handlers_done):
+    async with serving(app, sock, lambda: handlers_done(app)):
         yield Live(app, settings, port)
